@@ -1,0 +1,261 @@
+"""Array in, labels out: every 2D plane of an image stack through the U-Net, batch by batch.
+
+The engine is a generator (:func:`iter_segment`) that yields after each batch, so a GUI worker
+can show progress and stop at any yield; :func:`segment` runs it to the end for scripts and
+the command line. Images may be numpy, dask or zarr arrays: only one batch of planes is read
+at a time.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from .checkpoint import Checkpoint
+from .device import get_device
+from .normalize import normalize_plane
+from .postprocess import probabilities_to_classes, probabilities_to_instances, stitch_slices
+from .tiling import TilePlan, plan_tiles
+
+SPATIAL_AXES = "YX"
+KNOWN_AXES = "TZCYX"
+
+
+class SegmentationCancelled(Exception):
+    """Raised by :func:`segment` when ``should_stop`` asked it to stop."""
+
+
+@dataclass(frozen=True)
+class AxesLayout:
+    """How an image's axes map to planes: ``axes`` names each axis of the image (e.g. ``"TZYXC"``)."""
+
+    axes: str
+
+    @property
+    def channel_axis(self) -> int | None:
+        return self.axes.index("C") if "C" in self.axes else None
+
+    @property
+    def plane_axes(self) -> str:
+        """Axes iterated over to get 2D planes, in image order (everything but Y, X and C)."""
+        return "".join(a for a in self.axes if a not in "YXC")
+
+    def output_axes(self) -> str:
+        return self.axes.replace("C", "")
+
+
+def parse_axes(shape: Sequence[int], axes: str | None = None) -> AxesLayout:
+    """Name the axes of an image of ``shape``: check ``axes`` if given, else infer it.
+
+    Inference: 2D is ``YX``; a last axis of length 3 or 4 is an RGB(A) channel axis; the axis
+    before ``YX`` is ``Z`` and the one before that ``T``.
+    """
+    ndim = len(shape)
+    if axes is not None:
+        axes = axes.upper()
+        if len(axes) != ndim:
+            raise ValueError(f"axes {axes!r} name {len(axes)} axes but the image has {ndim} (shape {tuple(shape)})")
+        unknown = set(axes) - set(KNOWN_AXES)
+        if unknown or len(set(axes)) != len(axes) or not {"Y", "X"} <= set(axes):
+            raise ValueError(f"axes {axes!r} must use each of T, Z, C, Y, X at most once and include Y and X")
+        if axes.index("Y") > axes.index("X"):
+            raise ValueError(f"axes {axes!r}: Y must come before X")
+        return AxesLayout(axes)
+    if ndim < 2:
+        raise ValueError(f"need an image with at least 2 dimensions, got shape {tuple(shape)}")
+    rgb = ndim >= 3 and shape[-1] in (3, 4)
+    spatial = ndim - (1 if rgb else 0)
+    if spatial > 4:
+        raise ValueError(f"cannot infer the axes of shape {tuple(shape)}; pass axes, e.g. 'TZCYX'")
+    inferred = "TZYX"[4 - spatial :] + ("C" if rgb else "")
+    return AxesLayout(inferred)
+
+
+@dataclass
+class PlaneResult:
+    """Labels of one plane; ``index`` selects the plane in the output (over the plane axes)."""
+
+    index: tuple[int, ...]
+    labels: np.ndarray
+
+
+@dataclass
+class BatchProgress:
+    """Yielded after each batch: planes done so far, the total, and this batch's results."""
+
+    done: int
+    total: int
+    planes: list[PlaneResult] = field(default_factory=list)
+
+
+def resolve_checkpoint(model: Checkpoint | str | os.PathLike) -> Checkpoint:
+    """A :class:`Checkpoint` from itself, a built-in model name or a checkpoint path."""
+    if isinstance(model, Checkpoint):
+        return model
+    from .models import resolve_model  # local import: the registry reads package files
+
+    return resolve_model(model)
+
+
+class PlanePredictor:
+    """Runs a checkpoint's network on normalised planes, tiling planes larger than ``tile_size``."""
+
+    def __init__(
+        self, checkpoint: Checkpoint, device: str | torch.device = "auto", batch_size: int = 4, tile_size: int = 1024
+    ) -> None:
+        self.checkpoint = checkpoint
+        self.device = get_device(device)
+        self.model = checkpoint.model.to(self.device).eval()
+        self.batch_size = max(1, int(batch_size))
+        self.tile_size = int(tile_size)
+
+    @property
+    def num_classes(self) -> int:
+        return self.model.num_classes
+
+    def plan(self, height: int, width: int) -> TilePlan:
+        return plan_tiles(self.model, height, width, self.tile_size)
+
+    def prepare(self, plane: np.ndarray) -> np.ndarray | None:
+        """``(C, H, W)`` raw plane -> normalised network input, or ``None`` for a blank plane."""
+        norm = self.checkpoint.info.normalization
+        low, high = norm.get("low", 1.0), norm.get("high", 99.8)
+        if self.model.in_channels == 1 and plane.shape[0] > 1:
+            plane = np.nanmean(plane.astype(np.float32), axis=0, keepdims=True)
+        if plane.shape[0] != self.model.in_channels:
+            raise ValueError(
+                f"the model expects {self.model.in_channels} channel(s), the image has {plane.shape[0]}"
+            )
+        channels = [normalize_plane(channel, low, high) for channel in plane]
+        if any(c is None for c in channels):
+            return None
+        return np.stack(channels)
+
+    def probabilities(self, planes: list[np.ndarray], should_stop: Callable[[], bool] | None = None) -> list[np.ndarray]:
+        """Class probabilities ``(K, H, W)`` for each normalised ``(C, H, W)`` plane (same size)."""
+        plan = self.plan(*planes[0].shape[-2:])
+        padded = [plan.pad(p) for p in planes]
+        outputs = [np.zeros((self.num_classes, *plan.padded_shape), np.float32) for _ in planes]
+        jobs = [(i, tile) for i in range(len(planes)) for tile in plan.tiles]
+        with torch.inference_mode():
+            for start in range(0, len(jobs), self.batch_size):
+                if should_stop is not None and should_stop():
+                    raise SegmentationCancelled
+                chunk = jobs[start : start + self.batch_size]
+                batch = np.stack([padded[i][(slice(None), *tile.source)] for i, tile in chunk])
+                probs = self._forward(batch)
+                for (i, tile), prob in zip(chunk, probs):
+                    outputs[i][(slice(None), *tile.target)] = prob[(slice(None), *tile.keep)]
+        return [plan.crop(o) for o in outputs]
+
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        tensor = torch.from_numpy(batch).to(self.device)
+        return torch.softmax(self.model(tensor), dim=1).float().cpu().numpy()
+
+    def labels(self, probabilities: np.ndarray) -> np.ndarray:
+        if self.checkpoint.info.mode == "instance":
+            return probabilities_to_instances(probabilities)
+        return probabilities_to_classes(probabilities)
+
+    def blank_labels(self, shape: tuple[int, int]) -> np.ndarray:
+        """Labels for a plane with no contrast: nothing found (0) in either mode."""
+        return np.zeros(shape, np.uint32 if self.checkpoint.info.mode == "instance" else np.uint8)
+
+
+def _read_plane(image: Any, layout: AxesLayout, index: tuple[int, ...]) -> np.ndarray:
+    """Read one plane as ``(C, Y, X)`` (C = 1 without a channel axis), touching only that plane."""
+    selector: list[Any] = []
+    position = iter(index)
+    for axis in layout.axes:
+        selector.append(slice(None) if axis in "YXC" else next(position))
+    plane = np.asarray(image[tuple(selector)])
+    remaining = [a for a in layout.axes if a in "YXC"]
+    if "C" not in remaining:
+        return plane[np.newaxis]
+    return np.moveaxis(plane, remaining.index("C"), 0)
+
+
+def iter_segment(
+    image: Any,
+    model: Checkpoint | str | os.PathLike,
+    *,
+    axes: str | None = None,
+    device: str | torch.device = "auto",
+    batch_size: int = 4,
+    tile_size: int = 1024,
+    plane_order: Iterable[tuple[int, ...]] | None = None,
+) -> Iterator[BatchProgress]:
+    """Segment every 2D plane, yielding a :class:`BatchProgress` after each batch.
+
+    Instance ids are unique across all planes yielded (each plane continues after the highest id
+    so far). ``plane_order`` lets a caller go first through the plane on screen.
+    """
+    layout = parse_axes(image.shape, axes)
+    predictor = PlanePredictor(resolve_checkpoint(model), device, batch_size, tile_size)
+    plane_shape = tuple(image.shape[layout.axes.index(a)] for a in layout.plane_axes)
+    order = list(plane_order) if plane_order is not None else list(np.ndindex(*plane_shape))
+    plan = predictor.plan(image.shape[layout.axes.index("Y")], image.shape[layout.axes.index("X")])
+    planes_per_batch = max(1, predictor.batch_size // len(plan.tiles))
+    next_id = 0
+    done = 0
+    for start in range(0, len(order), planes_per_batch):
+        indices = order[start : start + planes_per_batch]
+        prepared = [predictor.prepare(_read_plane(image, layout, index)) for index in indices]
+        ready = [p for p in prepared if p is not None]
+        probabilities = iter(predictor.probabilities(ready) if ready else [])
+        results = []
+        for index, plane in zip(indices, prepared):
+            if plane is None:
+                labels = predictor.blank_labels(plan.shape)
+            else:
+                labels = predictor.labels(next(probabilities))
+                if labels.dtype == np.uint32:
+                    labels[labels > 0] += np.uint32(next_id)
+                    next_id = max(next_id, int(labels.max()))
+            results.append(PlaneResult(index, labels))
+        done += len(indices)
+        yield BatchProgress(done, len(order), results)
+
+
+def segment(
+    image: Any,
+    model: Checkpoint | str | os.PathLike,
+    *,
+    axes: str | None = None,
+    device: str | torch.device = "auto",
+    batch_size: int = 4,
+    tile_size: int = 1024,
+    stitch_z: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> np.ndarray:
+    """Labels for ``image`` with the image's shape minus any channel axis.
+
+    ``instance`` models give uint32 object ids unique in the whole result; ``semantic`` models a
+    class map (label k = class k). ``stitch_z`` links objects across Z slices. ``progress(done,
+    total)`` is called after each batch; ``should_stop()`` is checked between batches and raises
+    :class:`SegmentationCancelled` when true.
+    """
+    layout = parse_axes(image.shape, axes)
+    checkpoint = resolve_checkpoint(model)
+    out_shape = tuple(image.shape[i] for i, a in enumerate(layout.axes) if a != "C")
+    dtype = np.uint32 if checkpoint.info.mode == "instance" else np.uint8
+    result = np.zeros(out_shape, dtype)
+    for step in iter_segment(
+        image, checkpoint, axes=layout.axes, device=device, batch_size=batch_size, tile_size=tile_size
+    ):
+        for plane in step.planes:
+            result[plane.index] = plane.labels
+        if progress is not None:
+            progress(step.done, step.total)
+        if should_stop is not None and should_stop() and step.done < step.total:
+            raise SegmentationCancelled
+    if stitch_z and "Z" in layout.output_axes() and checkpoint.info.mode == "instance":
+        result = stitch_slices(result, axis=layout.output_axes().index("Z") - len(out_shape))
+    return result
+

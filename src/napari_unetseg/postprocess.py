@@ -1,0 +1,91 @@
+"""Turn class probabilities into labels: semantic class maps, separated instances, Z-linking."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage as ndi
+from skimage.segmentation import watershed
+
+BACKGROUND, INTERIOR, BOUNDARY = 0, 1, 2
+
+
+def probabilities_to_classes(probabilities: np.ndarray) -> np.ndarray:
+    """``(K, H, W)`` probabilities -> class map with values ``1..K`` (label k is class k, as painted)."""
+    dtype = np.uint8 if probabilities.shape[0] < 255 else np.uint16
+    return (np.argmax(probabilities, axis=0) + 1).astype(dtype)
+
+
+def probabilities_to_instances(
+    probabilities: np.ndarray, threshold: float = 0.5, min_size: int = 8
+) -> np.ndarray:
+    """``(3, H, W)`` background / interior / boundary probabilities -> uint32 object ids from 1.
+
+    Objects are grown by seeded watershed from connected interior regions over the foreground
+    (interior + boundary), so touching objects separated by a boundary band stay apart.
+    Objects smaller than ``min_size`` pixels are dropped.
+    """
+    foreground = probabilities[BACKGROUND] < threshold
+    interior = (probabilities[INTERIOR] > threshold) & foreground
+    seeds, count = ndi.label(interior)
+    if count == 0:
+        return np.zeros(foreground.shape, np.uint32)
+    labels = watershed(probabilities[BOUNDARY], markers=seeds, mask=foreground)
+    return _drop_small(labels, min_size)
+
+
+def _drop_small(labels: np.ndarray, min_size: int) -> np.ndarray:
+    """Remove objects below ``min_size`` pixels and renumber the rest 1..N as uint32."""
+    sizes = np.bincount(labels.ravel())
+    keep = sizes >= min_size
+    keep[0] = False
+    lookup = np.zeros(len(sizes), np.uint32)
+    lookup[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.uint32)
+    return lookup[labels]
+
+
+def stitch_slices(labels: np.ndarray, iou_threshold: float = 0.25, axis: int = -3) -> np.ndarray:
+    """Link 2D objects across neighbouring slices along ``axis`` so one 3D object keeps one id.
+
+    Works slice after slice (like cellpose's stitching): an object takes the id of the object in
+    the previous slice it overlaps best if their IoU exceeds ``iou_threshold``; others keep fresh
+    ids. Returns a new uint32 array; the input is not modified. Leading axes (e.g. T) are
+    handled independently.
+    """
+    stack = np.moveaxis(np.asarray(labels), axis, -3)
+    out = stack.astype(np.uint32, copy=True)
+    lead_shape = out.shape[:-3]
+    for lead in np.ndindex(*lead_shape):
+        volume = out[lead]
+        for z in range(1, volume.shape[0]):
+            volume[z] = _link_to_previous(volume[z - 1], volume[z], iou_threshold)
+    return np.moveaxis(out, -3, axis)
+
+
+def _link_to_previous(previous: np.ndarray, current: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Relabel ``current`` so objects overlapping an object of ``previous`` take its id."""
+    both = (previous > 0) & (current > 0)
+    if not both.any():
+        return current
+    pairs, overlap = np.unique(np.stack([current[both], previous[both]]), axis=1, return_counts=True)
+    cur_ids, prev_ids = pairs
+    cur_sizes = dict(zip(*np.unique(current[current > 0], return_counts=True)))
+    prev_sizes = dict(zip(*np.unique(previous[previous > 0], return_counts=True)))
+    iou = overlap / (
+        np.array([cur_sizes[c] for c in cur_ids]) + np.array([prev_sizes[p] for p in prev_ids]) - overlap
+    )
+    mapping: dict[int, int] = {}
+    taken: set[int] = set()
+    for index in np.argsort(-iou):  # best matches first, each id used once
+        cur, prev = int(cur_ids[index]), int(prev_ids[index])
+        if iou[index] <= iou_threshold:
+            break
+        if cur in mapping or prev in taken:
+            continue
+        mapping[cur] = prev
+        taken.add(prev)
+    if not mapping:
+        return current
+    lookup = np.arange(int(current.max()) + 1, dtype=np.uint32)
+    for cur, prev in mapping.items():
+        lookup[cur] = prev
+    return lookup[current]

@@ -1,0 +1,16 @@
+"""The compute core stays free of napari and Qt."""
+
+import subprocess
+import sys
+
+
+def test_core_imports_without_napari_or_qt():
+    code = (
+        "import sys, napari_unetseg, napari_unetseg.inference, napari_unetseg.checkpoint, "
+        "napari_unetseg.postprocess, napari_unetseg.tiling, napari_unetseg.models;"
+        "bad = [m for m in sys.modules if m.split('.')[0] in "
+        "('napari', 'qtpy', 'magicgui', 'PyQt5', 'PyQt6', 'PySide2', 'PySide6', 'vispy')];"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
