@@ -19,6 +19,7 @@ import torch
 from .checkpoint import Checkpoint
 from .device import get_device
 from .normalize import normalize_plane
+from .optimize import FastModel
 from .postprocess import probabilities_to_classes, probabilities_to_instances, stitch_slices
 from .tiling import TilePlan, plan_tiles
 
@@ -106,31 +107,39 @@ class PlanePredictor:
     """Runs a checkpoint's network on normalised planes, tiling planes larger than ``tile_size``."""
 
     def __init__(
-        self, checkpoint: Checkpoint, device: str | torch.device = "auto", batch_size: int = 4, tile_size: int = 1024
+        self,
+        checkpoint: Checkpoint,
+        device: str | torch.device = "auto",
+        batch_size: int = 4,
+        tile_size: int = 1024,
+        precision: str = "auto",
     ) -> None:
         self.checkpoint = checkpoint
-        self.device = get_device(device)
-        self.model = checkpoint.model.to(self.device).eval()
+        self.network = checkpoint.model
+        self.fast = FastModel(self.network, get_device(device), precision)
         self.batch_size = max(1, int(batch_size))
         self.tile_size = int(tile_size)
 
     @property
+    def device(self) -> torch.device:
+        return self.fast.device
+
+    @property
     def num_classes(self) -> int:
-        return self.model.num_classes
+        return self.network.num_classes
 
     def plan(self, height: int, width: int) -> TilePlan:
-        return plan_tiles(self.model, height, width, self.tile_size)
+        return plan_tiles(self.network, height, width, self.tile_size)
 
     def prepare(self, plane: np.ndarray) -> np.ndarray | None:
         """``(C, H, W)`` raw plane -> normalised network input, or ``None`` for a blank plane."""
         norm = self.checkpoint.info.normalization
         low, high = norm.get("low", 1.0), norm.get("high", 99.8)
-        if self.model.in_channels == 1 and plane.shape[0] > 1:
+        expected = self.network.in_channels
+        if expected == 1 and plane.shape[0] > 1:
             plane = np.nanmean(plane.astype(np.float32), axis=0, keepdims=True)
-        if plane.shape[0] != self.model.in_channels:
-            raise ValueError(
-                f"the model expects {self.model.in_channels} channel(s), the image has {plane.shape[0]}"
-            )
+        if plane.shape[0] != expected:
+            raise ValueError(f"the model expects {expected} channel(s), the image has {plane.shape[0]}")
         channels = [normalize_plane(channel, low, high) for channel in plane]
         if any(c is None for c in channels):
             return None
@@ -142,20 +151,15 @@ class PlanePredictor:
         padded = [plan.pad(p) for p in planes]
         outputs = [np.zeros((self.num_classes, *plan.padded_shape), np.float32) for _ in planes]
         jobs = [(i, tile) for i in range(len(planes)) for tile in plan.tiles]
-        with torch.inference_mode():
-            for start in range(0, len(jobs), self.batch_size):
-                if should_stop is not None and should_stop():
-                    raise SegmentationCancelled
-                chunk = jobs[start : start + self.batch_size]
-                batch = np.stack([padded[i][(slice(None), *tile.source)] for i, tile in chunk])
-                probs = self._forward(batch)
-                for (i, tile), prob in zip(chunk, probs):
-                    outputs[i][(slice(None), *tile.target)] = prob[(slice(None), *tile.keep)]
+        for start in range(0, len(jobs), self.batch_size):
+            if should_stop is not None and should_stop():
+                raise SegmentationCancelled
+            chunk = jobs[start : start + self.batch_size]
+            batch = np.stack([padded[i][(slice(None), *tile.source)] for i, tile in chunk])
+            probs = self.fast(torch.from_numpy(batch)).cpu().numpy()
+            for (i, tile), prob in zip(chunk, probs):
+                outputs[i][(slice(None), *tile.target)] = prob[(slice(None), *tile.keep)]
         return [plan.crop(o) for o in outputs]
-
-    def _forward(self, batch: np.ndarray) -> np.ndarray:
-        tensor = torch.from_numpy(batch).to(self.device)
-        return torch.softmax(self.model(tensor), dim=1).float().cpu().numpy()
 
     def labels(self, probabilities: np.ndarray) -> np.ndarray:
         if self.checkpoint.info.mode == "instance":
@@ -188,15 +192,18 @@ def iter_segment(
     device: str | torch.device = "auto",
     batch_size: int = 4,
     tile_size: int = 1024,
+    precision: str = "auto",
     plane_order: Iterable[tuple[int, ...]] | None = None,
 ) -> Iterator[BatchProgress]:
     """Segment every 2D plane, yielding a :class:`BatchProgress` after each batch.
 
     Instance ids are unique across all planes yielded (each plane continues after the highest id
-    so far). ``plane_order`` lets a caller go first through the plane on screen.
+    so far). ``plane_order`` lets a caller go first through the plane on screen. ``precision``
+    ``"auto"`` uses bfloat16 on CPUs with native support and float16 on CUDA; ``"float32"`` forces
+    full precision.
     """
     layout = parse_axes(image.shape, axes)
-    predictor = PlanePredictor(resolve_checkpoint(model), device, batch_size, tile_size)
+    predictor = PlanePredictor(resolve_checkpoint(model), device, batch_size, tile_size, precision)
     plane_shape = tuple(image.shape[layout.axes.index(a)] for a in layout.plane_axes)
     order = list(plane_order) if plane_order is not None else list(np.ndindex(*plane_shape))
     plan = predictor.plan(image.shape[layout.axes.index("Y")], image.shape[layout.axes.index("X")])
@@ -230,6 +237,7 @@ def segment(
     device: str | torch.device = "auto",
     batch_size: int = 4,
     tile_size: int = 1024,
+    precision: str = "auto",
     stitch_z: bool = False,
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
@@ -247,7 +255,13 @@ def segment(
     dtype = np.uint32 if checkpoint.info.mode == "instance" else np.uint8
     result = np.zeros(out_shape, dtype)
     for step in iter_segment(
-        image, checkpoint, axes=layout.axes, device=device, batch_size=batch_size, tile_size=tile_size
+        image,
+        checkpoint,
+        axes=layout.axes,
+        device=device,
+        batch_size=batch_size,
+        tile_size=tile_size,
+        precision=precision,
     ):
         for plane in step.planes:
             result[plane.index] = plane.labels

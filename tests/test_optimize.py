@@ -1,0 +1,56 @@
+"""Inference speed-ups keep the network's answers."""
+
+import numpy as np
+import pytest
+import torch
+
+from napari_unetseg.model import UNet
+from napari_unetseg.optimize import FastModel, choose_precision, cpu_supports_bf16, fold_batchnorm
+
+
+def _trained_batchnorm_unet() -> UNet:
+    """A small UNet whose BatchNorm layers hold non-trivial running statistics."""
+    torch.manual_seed(0)
+    model = UNet(base_channels=8, depth=2, num_classes=3)
+    model.train()
+    with torch.no_grad():
+        for _ in range(5):
+            model(torch.rand(4, 1, 32, 32) * 3 + 1)
+    return model.eval()
+
+
+def test_folding_batchnorm_keeps_outputs_and_leaves_the_original_alone():
+    model = _trained_batchnorm_unet()
+    folded = fold_batchnorm(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    x = torch.rand(2, 1, 37, 41)
+    with torch.inference_mode():
+        torch.testing.assert_close(folded(x), model(x), atol=1e-4, rtol=1e-4)
+
+
+def test_fast_model_float32_equals_plain_softmax():
+    model = _trained_batchnorm_unet()
+    fast = FastModel(model, torch.device("cpu"), "float32")
+    x = torch.rand(3, 1, 40, 40)
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(x), torch.softmax(model(x), 1), atol=1e-4, rtol=1e-4)
+
+
+def test_reduced_precision_agrees_with_float32_labels():
+    if not cpu_supports_bf16():
+        pytest.skip("this CPU has no native bfloat16")
+    model = _trained_batchnorm_unet()
+    x = torch.rand(2, 1, 64, 64)
+    full = FastModel(model, torch.device("cpu"), "float32")(x).argmax(1)
+    half = FastModel(model, torch.device("cpu"), "bfloat16")(x).argmax(1)
+    assert (full == half).float().mean() > 0.98
+
+
+def test_precision_choice():
+    cpu = torch.device("cpu")
+    assert choose_precision(cpu, "float32") == torch.float32
+    assert choose_precision(cpu) == (torch.bfloat16 if cpu_supports_bf16() else torch.float32)
+    assert choose_precision(torch.device("cuda"), "auto") == torch.float16
+    with pytest.raises(ValueError, match="precision"):
+        choose_precision(cpu, "int8")
