@@ -74,6 +74,14 @@ def test_truncated_file_gives_a_clear_error(tmp_path):
         load_checkpoint(path)
 
 
+@pytest.mark.parametrize("content", [b"\x00\x01\x02\x03", b"hello, this is text\n"])
+def test_junk_files_give_a_clear_error(tmp_path, content):
+    path = tmp_path / "junk.pt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match="junk.pt"):
+        load_checkpoint(path)
+
+
 def test_weights_that_do_not_fit_the_architecture(tmp_path):
     path = save_checkpoint(tmp_path / "m.pt", tiny_unet(), ModelInfo())
     payload = torch.load(path, weights_only=True)

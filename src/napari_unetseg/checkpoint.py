@@ -11,7 +11,6 @@ import datetime as _dt
 import os
 import pickle
 import tempfile
-import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,7 +109,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
             f"{path}: refused to load, the file contains Python objects other than weights "
             f"and plain data ({_first_line(exc)})"
         ) from None
-    except (EOFError, RuntimeError, zipfile.BadZipFile, OSError, ValueError) as exc:
+    except Exception as exc:  # any decoding failure of a damaged or foreign file
         raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt: {_first_line(exc)})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_NAME:
         raise CheckpointError(f"{path}: not a {FORMAT_NAME} checkpoint")

@@ -1,0 +1,392 @@
+"""The ``unetseg`` command line: segment TIFF files, score a segmentation, report devices.
+
+Only argument handling lives here; the work is done by :mod:`.io`, :mod:`.inference` and
+:mod:`.metrics`. Bad input ends with one ``unetseg: error: ...`` line on stderr and exit status
+2, before any output is written; Ctrl-C ends with status 130.
+
+Adding a command (e.g. ``train`` or ``models``): write ``_add_<name>(commands)`` that creates
+its sub-parser and sets ``run=<function(args) -> int>``, and list it in :data:`COMMANDS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+
+from . import __version__
+from .checkpoint import Checkpoint
+from .device import DEVICE_CHOICES, DeviceUnavailableError, explain_devices, get_device
+from .inference import parse_axes, segment
+from .io import probe_image, read_image, write_labels
+from .metrics import MODES, evaluate
+from .models import resolve_model
+from .optimize import PRECISIONS
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+TIFF_SUFFIXES = (".tif", ".tiff")
+
+
+class CliError(Exception):
+    """Bad input noticed by the command line itself (printed as one line, exit status 2)."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _load_model(spec: str) -> Checkpoint:
+    """A checkpoint from a file path or a built-in model name."""
+    return resolve_model(spec)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _class_pair(text: str) -> tuple[int, int]:
+    """``"2,255"`` -> (2, 255) (prediction value, truth value); ``"2"`` -> (2, 2)."""
+    parts = text.split(",")
+    if len(parts) > 2:
+        raise argparse.ArgumentTypeError(f"expected VALUE or PRED_VALUE,TRUTH_VALUE, got {text!r}")
+    values = [int(part) for part in parts]
+    return values[0], values[-1]
+
+
+def _stem(path: Path) -> str:
+    """File name without its image suffix(es): ``cells.ome.tif`` -> ``cells``."""
+    name = path.name
+    for suffix in (".tif", ".tiff", ".ome"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+    return name or path.stem
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.filename and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _format_seconds(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+class ProgressBar:
+    """``[####    ] 12/32 planes 3.1 planes/s ETA 6s`` on stderr, redrawn in place on a terminal.
+
+    When the stream is not a terminal (a log file, a pipe) only the final state is written, so
+    logs are not flooded with carriage returns. Call it as ``progress(done, total)``.
+    """
+
+    def __init__(self, label: str, stream: TextIO, enabled: bool = True, width: int = 24) -> None:
+        self.label = label
+        self.stream = stream
+        self.enabled = enabled
+        self.width = width
+        self.interactive = enabled and stream.isatty()
+        self.start = time.monotonic()
+        self.last_draw = 0.0
+        self.line = ""
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        elapsed = max(time.monotonic() - self.start, 1e-9)
+        rate = done / elapsed
+        filled = self.width * done // total if total else self.width
+        eta = f" ETA {_format_seconds((total - done) / rate)}" if 0 < done < total else ""
+        line = (
+            f"{self.label} [{'#' * filled}{' ' * (self.width - filled)}] {done}/{total} planes "
+            f"{rate:.1f} planes/s{eta}"
+        )
+        if self.interactive and (done == total or time.monotonic() - self.last_draw >= 0.1):
+            self.stream.write("\r" + line.ljust(len(self.line)))
+            self.stream.flush()
+            self.last_draw = time.monotonic()
+        self.line = line
+
+    def close(self) -> None:
+        """End the bar's line (or write the final state when not on a terminal)."""
+        if self.line:
+            self.stream.write("\n" if self.interactive else self.line + "\n")
+            self.stream.flush()
+        self.line = ""
+
+
+@contextmanager
+def _tifffile_warnings() -> Iterator[None]:
+    """Show tifffile's complaints about damaged files as ``unetseg: warning: ...`` lines."""
+    logger = logging.getLogger("tifffile")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("unetseg: warning: %(message)s"))
+    propagate = logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
+# --------------------------------------------------------------------------- segment
+
+
+def _add_segment(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "segment",
+        help="segment TIFF images, writing one label TIFF per input",
+        description=(
+            "Segment each INPUT with a U-Net and write its labels as a TIFF: instance ids (uint32) "
+            "for instance models, class values 1..K for semantic models. All inputs and outputs are "
+            "checked before the first image is processed."
+        ),
+        epilog=(
+            "examples:\n"
+            "  unetseg segment cells.tif -o cells_labels.tif --model nuclei.pt\n"
+            "  unetseg segment a.tif b.tif -o results/ --model nuclei.pt   # results/a_labels.tif, ...\n"
+            "  unetseg segment stack.tif -o stack_labels.tif --model nuclei.pt --axes ZYX --stitch-z"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", type=Path, help="TIFF image(s) to segment")
+    parser.add_argument(
+        "-o", "--output", required=True, type=Path,
+        help="output .tif for a single input, or a folder that gets <name>_labels.tif per input "
+        "(created if missing)",
+    )
+    parser.add_argument("-m", "--model", required=True, help="checkpoint file (.pt) or built-in model name")
+    parser.add_argument(
+        "--device", default="auto", metavar="{" + ",".join(DEVICE_CHOICES) + "}",
+        help="compute device; auto = CUDA, then Apple MPS, then CPU (default: auto)",
+    )
+    parser.add_argument("--batch-size", type=_positive_int, default=4, help="planes or tiles per batch (default: 4)")
+    parser.add_argument(
+        "--tile-size", type=_positive_int, default=1024,
+        help="planes larger than this are cut into overlapping tiles (default: 1024)",
+    )
+    parser.add_argument(
+        "--precision", choices=PRECISIONS, default="auto",
+        help="auto = bfloat16 on capable CPUs, float16 on CUDA, else float32 (default: auto)",
+    )
+    parser.add_argument(
+        "--axes",
+        help="axis order of the inputs, e.g. YX, ZYX, TZYX, YXC, CZYX (C = channel); default: as "
+        "stored in the file, else inferred (Z before YX, T before Z, a last axis of 3 or 4 is RGB)",
+    )
+    parser.add_argument("--stitch-z", action="store_true", help="link objects across Z slices into 3D objects")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print nothing unless something fails")
+    parser.set_defaults(run=_run_segment)
+
+
+def _plan_outputs(inputs: list[Path], output: Path, overwrite: bool) -> list[tuple[Path, Path]]:
+    """Pair every input with its output file; refuse clashes and existing files before any work."""
+    single_file = len(inputs) == 1 and output.suffix.lower() in TIFF_SUFFIXES and not output.is_dir()
+    if single_file:
+        jobs = [(inputs[0], output)]
+    else:
+        if output.suffix.lower() in TIFF_SUFFIXES and not output.is_dir():
+            raise CliError(f"{len(inputs)} inputs need a folder as output, not the file name {output}")
+        if output.suffix and not output.is_dir():
+            raise CliError(
+                f"{output}: labels are written as TIFF; end the file name in .tif, or give a folder "
+                "(an existing one, or a name without a suffix)"
+            )
+        if output.exists() and not output.is_dir():
+            raise CliError(f"{output} is a file; the output must be a folder")
+        jobs = [(src, output / f"{_stem(src)}_labels.tif") for src in inputs]
+    claimed: dict[Path, Path] = {}
+    sources = {src.resolve() for src in inputs}
+    for src, dst in jobs:
+        key = dst.resolve()
+        if key in claimed:
+            raise CliError(f"{claimed[key]} and {src} would both be written to {dst}")
+        claimed[key] = src
+        if key in sources:
+            raise CliError(f"output {dst} is one of the inputs; choose another output")
+        if dst.is_dir():
+            raise CliError(f"output {dst} is a folder")
+        if dst.exists() and not overwrite:
+            raise FileExistsError(f"{dst} already exists; use --overwrite to replace it")
+        _check_writable_folder(dst.parent)
+    return jobs
+
+
+def _check_writable_folder(folder: Path) -> None:
+    """Fail now if ``folder`` cannot be created or written, rather than after the first image."""
+    existing = folder.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise CliError(f"cannot create folder {folder}: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise CliError(f"{existing}: permission denied (cannot write output there)")
+
+
+def _run_segment(args: argparse.Namespace) -> int:
+    infos = [probe_image(src) for src in args.inputs]
+    axes = [args.axes or info.axes for info in infos]
+    for src, info, layout in zip(args.inputs, infos, axes):
+        try:
+            parse_axes(info.shape, layout)
+        except ValueError as exc:
+            raise CliError(f"{src}: {exc}") from None
+    jobs = _plan_outputs(args.inputs, args.output, args.overwrite)
+    device = get_device(args.device)
+    checkpoint = _load_model(args.model)
+    for _, dst in jobs:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+    for number, ((src, dst), layout) in enumerate(zip(jobs, axes), start=1):
+        started = time.monotonic()
+        label = src.name if len(jobs) == 1 else f"({number}/{len(jobs)}) {src.name}"
+        bar = ProgressBar(label, sys.stderr, enabled=not args.quiet)
+        image = read_image(src)
+        try:
+            labels = segment(
+                image,
+                checkpoint,
+                axes=layout,
+                device=device,
+                batch_size=args.batch_size,
+                tile_size=args.tile_size,
+                precision=args.precision,
+                stitch_z=args.stitch_z,
+                progress=bar,
+            )
+        except ValueError as exc:  # e.g. the model needs another number of channels
+            raise CliError(f"{src}: {_one_line(exc)}") from None
+        finally:
+            bar.close()
+        write_labels(dst, labels, overwrite=args.overwrite)
+        if not args.quiet:
+            shape = "x".join(map(str, labels.shape))
+            print(f"wrote {dst} ({shape} {labels.dtype}, {time.monotonic() - started:.1f}s)", file=sys.stderr)
+    return 0
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def _add_evaluate(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "evaluate",
+        help="score a segmentation against ground truth, printed as JSON",
+        description=(
+            "Compare PREDICTION with TRUTH (label TIFFs of the same shape) and print the scores as JSON. "
+            "instance: object precision, recall and F1 at IoU 0.5, their means over IoU 0.5-0.9, and the "
+            "adapted Rand error. semantic: pixel error and per-class IoU; with --foreground also the "
+            "adapted Rand error of the foreground's connected components (ISBI 2012 style)."
+        ),
+        epilog=(
+            "examples:\n"
+            "  unetseg evaluate cells_labels.tif cells_truth.tif\n"
+            "  unetseg evaluate em_classes.tif train-labels.tif --mode semantic --foreground 2,255"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("prediction", metavar="PREDICTION", type=Path, help="predicted labels (TIFF)")
+    parser.add_argument("truth", metavar="TRUTH", type=Path, help="ground-truth labels (TIFF)")
+    parser.add_argument("--mode", choices=MODES, default="instance", help="kind of labels (default: instance)")
+    parser.add_argument(
+        "--per-slice", action=argparse.BooleanOptionalAction, default=None,
+        help="score each 2D plane of a stack on its own (default: 3D objects in instance mode, "
+        "per section in semantic mode)",
+    )
+    parser.add_argument(
+        "--foreground", type=_class_pair, metavar="VALUE[,TRUTH_VALUE]",
+        help="semantic mode: the 'cell' class value in the prediction (and in the truth, if different), "
+        "e.g. 2,255 for ISBI 2012",
+    )
+    parser.add_argument("--ignore", type=int, metavar="VALUE", help="semantic mode: truth value to leave out")
+    parser.set_defaults(run=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    for path in (args.prediction, args.truth):
+        probe_image(path)
+    prediction, truth = np.asarray(read_image(args.prediction)), np.asarray(read_image(args.truth))
+    if prediction.shape != truth.shape:
+        raise CliError(f"{args.prediction} has shape {prediction.shape} but {args.truth} has {truth.shape}")
+    scores = evaluate(
+        prediction, truth, args.mode, per_slice=args.per_slice, foreground=args.foreground, ignore=args.ignore
+    )
+    print(json.dumps(scores, indent=2))
+    return 0
+
+
+# --------------------------------------------------------------------------- devices
+
+
+def _add_devices(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "devices",
+        help="show which compute devices PyTorch can use, and why not a GPU",
+        description="Show the devices PyTorch can use here; without a GPU, say why and how to fix it.",
+    )
+    parser.set_defaults(run=_run_devices)
+
+
+def _run_devices(args: argparse.Namespace) -> int:
+    print(explain_devices().summary())
+    return 0
+
+
+# --------------------------------------------------------------------------- entry point
+
+#: Each adds one sub-command to the parser; see the module docstring.
+COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_segment, _add_evaluate, _add_devices)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``unetseg`` argument parser with every command in :data:`COMMANDS`."""
+    parser = argparse.ArgumentParser(
+        prog="unetseg",
+        description="U-Net segmentation of microscopy images from the command line.",
+        epilog="Run 'unetseg COMMAND --help' for the options of a command.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command", required=True)
+    for add in COMMANDS:
+        add(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``unetseg`` with ``argv`` (default: ``sys.argv[1:]``) and return the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version and usage errors
+        return int(exc.code or 0)
+    try:
+        with _tifffile_warnings():
+            return args.run(args)
+    except KeyboardInterrupt:
+        print("unetseg: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (CliError, ValueError, OSError, DeviceUnavailableError) as exc:
+        print(f"unetseg: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())
