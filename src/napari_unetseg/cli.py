@@ -29,7 +29,7 @@ from .device import DEVICE_CHOICES, DeviceUnavailableError, explain_devices, get
 from .inference import parse_axes, segment
 from .io import probe_image, read_image, write_labels
 from .metrics import MODES, evaluate
-from .models import resolve_model
+from .models import DEFAULT_MODEL, resolve_model
 from .optimize import PRECISIONS
 
 EXIT_BAD_INPUT = 2
@@ -96,8 +96,9 @@ class ProgressBar:
     logs are not flooded with carriage returns. Call it as ``progress(done, total)``.
     """
 
-    def __init__(self, label: str, stream: TextIO, enabled: bool = True, width: int = 24) -> None:
+    def __init__(self, label: str, stream: TextIO, enabled: bool = True, width: int = 24, unit: str = "planes") -> None:
         self.label = label
+        self.unit = unit
         self.stream = stream
         self.enabled = enabled
         self.width = width
@@ -114,8 +115,8 @@ class ProgressBar:
         filled = self.width * done // total if total else self.width
         eta = f" ETA {_format_seconds((total - done) / rate)}" if 0 < done < total else ""
         line = (
-            f"{self.label} [{'#' * filled}{' ' * (self.width - filled)}] {done}/{total} planes "
-            f"{rate:.1f} planes/s{eta}"
+            f"{self.label} [{'#' * filled}{' ' * (self.width - filled)}] {done}/{total} {self.unit} "
+            f"{rate:.1f} {self.unit}/s{eta}"
         )
         if self.interactive and (done == total or time.monotonic() - self.last_draw >= 0.1):
             self.stream.write("\r" + line.ljust(len(self.line)))
@@ -173,7 +174,10 @@ def _add_segment(commands: argparse._SubParsersAction) -> None:
         help="output .tif for a single input, or a folder that gets <name>_labels.tif per input "
         "(created if missing)",
     )
-    parser.add_argument("-m", "--model", required=True, help="checkpoint file (.pt) or built-in model name")
+    parser.add_argument(
+        "-m", "--model", default=DEFAULT_MODEL,
+        help=f"checkpoint file (.pt) or built-in model name (default: {DEFAULT_MODEL}; see 'unetseg models')",
+    )
     parser.add_argument(
         "--device", default="auto", metavar="{" + ",".join(DEVICE_CHOICES) + "}",
         help="compute device; auto = CUDA, then Apple MPS, then CPU (default: auto)",
@@ -333,6 +337,108 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- train
+
+
+def _add_train(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "train",
+        help="train or fine-tune a model from an image and its (sparse) annotation",
+        description=(
+            "Train a U-Net on IMAGE with the painted LABELS (same shape): 0 = not annotated, 1 = background, "
+            "2+ = objects (instance mode) or label k = class k (semantic mode). With --init the training starts "
+            "from that model (fine-tuning); the best weights are written to OUT as a new checkpoint."
+        ),
+        epilog=(
+            "examples:\n"
+            "  unetseg train cells.tif strokes.tif -o cells-ft1.pt --init nuclei --max-seconds 120\n"
+            "  unetseg train em.tif em_labels.tif -o em.pt --mode semantic --iterations 2000"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("image", metavar="IMAGE", type=Path, help="image TIFF")
+    parser.add_argument("labels", metavar="LABELS", type=Path, help="annotation TIFF of the same shape")
+    parser.add_argument("-o", "--output", required=True, type=Path, help="checkpoint file to write (.pt)")
+    parser.add_argument("--init", metavar="NAME|PATH", help="start from this built-in model or checkpoint")
+    parser.add_argument("--mode", choices=MODES, help="instance or semantic (default: the --init model's, else instance)")
+    parser.add_argument("--iterations", type=_positive_int, default=300, help="training iterations (default: 300)")
+    parser.add_argument("--max-seconds", type=float, help="stop after this many seconds, keeping the best weights")
+    parser.add_argument("--freeze-encoder", action="store_true", help="train only the decoder (faster fine-tuning)")
+    parser.add_argument(
+        "--device", default="auto", metavar="{" + ",".join(DEVICE_CHOICES) + "}", help="compute device (default: auto)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print nothing unless something fails")
+    parser.set_defaults(run=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from .checkpoint import save_checkpoint
+    from .training import TrainConfig, train
+
+    for path in (args.image, args.labels):
+        probe_image(path)
+    if args.output.exists() and not args.overwrite:
+        raise FileExistsError(f"{args.output} already exists; use --overwrite to replace it")
+    _check_writable_folder(args.output.parent)
+    image, labels = np.asarray(read_image(args.image)), np.asarray(read_image(args.labels))
+    get_device(args.device)
+    parent = _load_model(args.init) if args.init else None
+    config = TrainConfig(
+        mode=args.mode, iterations=args.iterations, max_seconds=args.max_seconds, seed=args.seed,
+        freeze_encoder=args.freeze_encoder, device=args.device, name=args.output.stem,
+    )
+    bar = ProgressBar("train", sys.stderr, enabled=not args.quiet, unit="iterations")
+
+    def report(step) -> None:
+        score = "" if step.val_score is None else f" val {step.val_score:.3f}"
+        bar.label = f"train loss {step.loss:.4f}{score}"
+        bar(step.iteration, step.total_iterations)
+
+    try:
+        result = train(image, labels, parent, config, progress=report)
+    finally:
+        bar.close()
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(args.output, result.model, result.info, overwrite=args.overwrite)
+    if not args.quiet:
+        best = result.history[result.best_iteration - 1] if result.best_iteration else None
+        score = f", validation {best.val_score:.3f}" if best is not None and best.val_score is not None else ""
+        print(f"wrote {args.output} (best weights from iteration {result.best_iteration}{score})", file=sys.stderr)
+    return 0
+
+
+# --------------------------------------------------------------------------- models
+
+
+def _add_models(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "models",
+        help="list the built-in models",
+        description="List the models shipped with napari-unetseg: name, mode, classes, size, training data, metrics.",
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.set_defaults(run=_run_models)
+
+
+def _run_models(args: argparse.Namespace) -> int:
+    from .models import list_models
+
+    rows = list_models()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        metrics = ", ".join(f"{k} {v}" for k, v in row["metrics"].items())
+        print(f"{row['name']}  ({row['mode']}; classes: {', '.join(row['classes'])}; "
+              f"{row['parameters'] / 1e6:.2f} M parameters, {row['size_mb']} MB)")
+        print(f"    {row['description']}")
+        print(f"    trained on: {row['training_data']}")
+        print(f"    metrics: {metrics or 'none recorded'}")
+    return 0
+
+
 # --------------------------------------------------------------------------- devices
 
 
@@ -353,7 +459,9 @@ def _run_devices(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- entry point
 
 #: Each adds one sub-command to the parser; see the module docstring.
-COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_segment, _add_evaluate, _add_devices)
+COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
+    _add_segment, _add_train, _add_evaluate, _add_models, _add_devices
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
