@@ -1,0 +1,404 @@
+"""The Annotate & fine-tune panel: paint corrections, fine-tune the model on them, save a new version."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, ProgressBar, PushButton, SpinBox
+
+from .. import versions
+from ..checkpoint import CheckpointError, ModelInfo, save_checkpoint
+from ..training import TrainResult
+from ._jobs import EntropyUpdate, FineTuneJob, FineTuneUpdate, JobFailed, PreviewSource, entropy_job
+from ._layers import (
+    METADATA_KEY,
+    ImageSource,
+    Note,
+    UserError,
+    current_plane,
+    find_layer,
+    image_source,
+    layers_of_type,
+    notify,
+    write_planes,
+)
+from ._models import ModelEntry
+from ._plot import LossPlot
+
+if TYPE_CHECKING:
+    import napari
+
+    from ._main import UNetSegWidget
+
+
+def convention_text(info: ModelInfo | None) -> str:
+    """How to paint for this model, in one line."""
+    if info is None or info.mode == "instance":
+        return "Paint: 0 = not annotated (ignored) · 1 = background · 2, 3, … = one id per object"
+    classes = " · ".join(f"{k} = {name}" for k, name in enumerate(info.class_names, start=1))
+    return f"Paint: 0 = not annotated (ignored) · {classes}"
+
+
+def annotated_planes(source: ImageSource, annotation: Any) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Copies of every image plane with painted pixels and of its annotation (a snapshot to train on)."""
+    indices = [index for index in np.ndindex(*source.plane_shape) if np.any(annotation[index])]
+    return [np.array(source.data[i]) for i in indices], [np.array(annotation[i]) for i in indices]
+
+
+class FineTunePanel(Container):
+    """Annotation layer tools, fine-tune with live loss and preview, Stop, Revert and "where to annotate next"."""
+
+    def __init__(self, host: UNetSegWidget) -> None:
+        self.host = host
+        self.annotations = ComboBox(label="annotations", choices=self._annotation_choices)
+        self.new_button = PushButton(text="New annotations")
+        self.from_result_button = PushButton(text="From result")
+        self.convention = Note(value=convention_text(None))
+        self.iterations = SpinBox(label="iterations", value=200, min=1, max=100_000)
+        self.live_preview = CheckBox(text="Live preview of the slice in view", value=True)
+        self.save_to = FileEdit(
+            label="save as",
+            mode="w",
+            filter="*.pt",
+            nullable=True,
+            tooltip="Leave empty to save as the next version (e.g. nuclei-ft1) in your model folder.",
+        )
+        self.train_button = PushButton(text="Fine-tune")
+        self.stop_button = PushButton(text="Stop")
+        self.plot = LossPlot()
+        plot_box = Container(labels=False)
+        plot_box.margins = (0, 0, 0, 0)
+        plot_box.native.layout().addWidget(self.plot)
+        self.progress = ProgressBar(value=0, min=0, max=1, label=" ")
+        self.status = Note()
+        self.revert_button = PushButton(text="Revert to previous version", enabled=False)
+        self.uncertainty_button = PushButton(text="Where to annotate next")
+        super().__init__(
+            widgets=[
+                self.annotations,
+                _row(self.new_button, self.from_result_button),
+                self.convention,
+                self.iterations,
+                self.live_preview,
+                self.save_to,
+                _row(self.train_button, self.stop_button),
+                plot_box,
+                self.progress,
+                self.status,
+                _row(self.revert_button, self.uncertainty_button),
+            ]
+        )
+        self.margins = (0, 0, 0, 0)
+        self.runner = host.make_runner(
+            self.progress, self.status, [self.train_button, self.uncertainty_button], self.stop_button
+        )
+        self.job: FineTuneJob | None = None
+        self._context: dict[str, Any] = {}
+        self.new_button.changed.connect(self.new_annotations)
+        self.from_result_button.changed.connect(self.from_result)
+        self.train_button.changed.connect(self.fine_tune)
+        self.revert_button.changed.connect(self.revert)
+        self.uncertainty_button.changed.connect(self.where_to_annotate)
+
+    def _annotation_choices(self, _widget: ComboBox | None = None) -> list[tuple[str, Any]]:
+        """Labels layers the user can paint in (not the widget's own result layers)."""
+        return [
+            (layer.name, layer)
+            for layer in layers_of_type(self.host.viewer, "Labels")
+            if not self.host.owned.owns(layer)
+        ]
+
+    def model_changed(self, info: ModelInfo | None) -> None:
+        self.convention.value = convention_text(info)
+        self.revert_button.enabled = self._parent() is not None
+
+    # -- annotation layers
+
+    def _add_annotations(self, source: ImageSource, data: np.ndarray, first_label: int) -> napari.layers.Labels:
+        layer = self.host.viewer.add_labels(
+            data,
+            name=f"{source.name} annotations",
+            **source.geometry,
+            metadata={METADATA_KEY: {"role": "annotations", "image": source.name}},
+        )
+        layer.brush_size = 6
+        layer.selected_label = first_label
+        layer.mode = "paint"
+        self.host.viewer.layers.selection.active = layer
+        self.annotations.reset_choices()
+        self.annotations.value = layer
+        return layer
+
+    def _source_and_mode(self) -> tuple[ImageSource, str]:
+        source = image_source(self.host.image.value)
+        info = self.host.models.current_info()
+        return source, info.mode if info is not None else "instance"
+
+    def new_annotations(self, *_: object) -> None:
+        """Add an empty "<image> annotations" layer matching the image, with the brush ready."""
+        try:
+            source, mode = self._source_and_mode()
+        except (UserError, CheckpointError) as exc:
+            notify("warning", str(exc))
+            return
+        dtype = np.uint32 if mode == "instance" else np.uint8
+        self._add_annotations(source, np.zeros(source.spatial_shape, dtype), 2 if mode == "instance" else 1)
+
+    def from_result(self, *_: object) -> None:
+        """Start annotations from the segmentation result so only mistakes need painting.
+
+        Instance ids become id + 1 (objects >= 2) and background 1; semantic classes stay. Planes
+        that were not segmented stay 0 (not annotated).
+        """
+        try:
+            source, mode = self._source_and_mode()
+        except (UserError, CheckpointError) as exc:
+            notify("warning", str(exc))
+            return
+        result = self.host.owned.get("labels", source)
+        if result is None:
+            notify("warning", f"There is no result for '{source.name}' yet: click Segment first.")
+            return
+        labels = np.asarray(result.data)
+        if mode == "instance":
+            data = np.where(labels > 0, labels.astype(np.uint32) + 1, 1).astype(np.uint32)
+        else:
+            data = labels.astype(np.uint8, copy=True)
+        done = self.host.segment.segmented.get(result.unique_id)
+        if source.plane_shape and done is not None:
+            for index in np.ndindex(*source.plane_shape):
+                if index not in done:
+                    data[index] = 0
+        self._add_annotations(source, data, int(data.max()) + 1 if mode == "instance" else 1)
+
+    # -- fine-tuning
+
+    def fine_tune(self, *_: object) -> None:
+        """Fine-tune the chosen model on every annotated plane (a snapshot), in a worker."""
+        host = self.host
+        if host.busy():
+            notify("info", "Another job is running: wait for it or stop it first.")
+            return
+        try:
+            layer = host.image.value
+            source = image_source(layer)
+            annotation = self.annotations.value
+            if annotation is None:
+                raise UserError("There is no annotation layer: click New annotations (or From result) and paint.")
+            if tuple(annotation.data.shape) != source.spatial_shape:
+                raise UserError(
+                    f"The annotations '{annotation.name}' have shape {tuple(annotation.data.shape)} but the image "
+                    f"'{source.name}' has shape {source.spatial_shape}: use New annotations to make a matching layer."
+                )
+            images, annotations = annotated_planes(source, annotation.data)
+            if not annotations:
+                raise UserError(
+                    f"Nothing is painted in '{annotation.name}' yet: paint some background (1) and objects or classes."
+                )
+            checkpoint = host.models.checkpoint()
+        except UserError as exc:
+            notify("warning", str(exc))
+            return
+        except CheckpointError as exc:
+            notify("error", str(exc))
+            return
+        entry = host.models.current()
+        here = current_plane(host.viewer, source, layer)
+        preview = PreviewSource(source.data, source.axes, here) if self.live_preview.value else None
+        self.job = FineTuneJob(
+            images, annotations, checkpoint, iterations=self.iterations.value, device=host.device.value, preview=preview
+        )
+        self._context = {
+            "source": source,
+            "annotation_id": annotation.unique_id,
+            "annotation": annotation.name,
+            "entry": entry,
+            "instance": checkpoint.info.mode == "instance",
+        }
+        self.plot.reset(self.iterations.value)
+        self.runner.start(
+            self.job.run(),
+            total=self.iterations.value,
+            description=f"Fine-tuning {entry.name}",
+            on_yield=self._on_step,
+            on_return=self._on_trained,
+            on_finish=self._on_finished,
+            stop=self.job.stop,
+        )
+
+    def follow_dims(self) -> None:
+        """Keep the live preview on the slice in view."""
+        job, source = self.job, self._context.get("source")
+        if job is None or job.preview is None or source is None:
+            return
+        layer = find_layer(self.host.viewer, source.layer_id)
+        if layer is not None:
+            job.preview.index = current_plane(self.host.viewer, source, layer)
+
+    def _on_step(self, update: FineTuneUpdate) -> None:
+        if update.preview is not None:
+            source = self._context["source"]
+            dtype = np.uint32 if self._context["instance"] else np.uint8
+            labels = self.host.owned.labels(source, np.dtype(dtype), clear=False)
+            write_planes(labels, [(update.preview.index, update.preview.labels)])
+        if update.note:
+            notify("warning", update.note)
+        step = update.progress
+        if step is not None:
+            self.plot.add(step.iteration, step.loss, step.val_score, step.validated, step.best_so_far)
+            score = "–" if step.val_score is None else f"{step.val_score:.2f}"
+            text = (
+                f"iteration {step.iteration} / {step.total_iterations} · loss {step.loss:.3f} · validation IoU {score}"
+            )
+            self.runner.advance(step.iteration, step.total_iterations, text)  # may run the end handlers
+
+    def _on_trained(self, outcome: TrainResult | JobFailed) -> None:
+        if isinstance(outcome, JobFailed):
+            self.status.value = "Fine-tuning failed."
+            notify("error", outcome.message)
+            return
+        if not outcome.history:
+            self.status.value = "Stopped before the first iteration: nothing was saved."
+            notify("info", self.status.value)
+            return
+        entry = self._context["entry"]
+        try:
+            key, name = self._save(outcome, entry)
+        except (OSError, CheckpointError) as exc:
+            self.status.value = "The fine-tuned model could not be saved."
+            notify("error", f"Saving the fine-tuned model failed: {exc}")
+            return
+        self.host.models.select(key)
+        score = outcome.info.training.get("metrics", {}).get("val_mean_iou")
+        scored = f", validation IoU {score:.2f}" if isinstance(score, float) else ""
+        stopped = " (stopped early, best weights kept)" if outcome.stopped else ""
+        self.status.value = f"Saved {name}{scored}{stopped}. It is now the selected model: Segment to apply it."
+        notify("info", f"Saved the fine-tuned model as {name}{scored}.")
+
+    def _save(self, result: TrainResult, parent: ModelEntry) -> tuple[str, str]:
+        """Save to the chosen file, else as the next version of ``parent``; returns (model list key, name).
+
+        The checkpoint records its parent's name (and file) so Revert works in a later session too.
+        """
+        target = self.save_to.value
+        result.info.training["parent"] = parent.name
+        if parent.kind != "built-in":
+            result.info.training["parent_file"] = parent.key
+        if target is None or not str(target).strip() or Path(target).is_dir():
+            version = versions.save_version(result.model, result.info, parent.name)
+            return str(version.path), version.name
+        path = Path(target).with_suffix(".pt")
+        result.info.name = path.stem
+        save_checkpoint(path, result.model, result.info, overwrite=False)
+        self.save_to.value = None
+        entry = self.host.models.add_file(path)
+        return entry.key, entry.name
+
+    def _on_finished(self) -> None:
+        self.job = None
+
+    def revert(self, *_: object) -> None:
+        """Go back to the model the chosen one was fine-tuned from (the newer version stays saved)."""
+        current = self.host.models.current()
+        parent = self._parent()
+        if current is None or parent is None:
+            notify("warning", "There is no earlier version to go back to.")
+            return
+        if parent.kind == "file" and self.host.models.find(parent.key) is None:
+            try:
+                self.host.models.add_file(parent.key)
+            except CheckpointError as exc:
+                notify("error", str(exc))
+                return
+        self.host.models.select(parent.key)
+        notify("info", f"Back to {parent.name}. {current.name} stays saved: pick it in the model list to use it again.")
+
+    def _parent(self) -> ModelEntry | None:
+        """The model the chosen one was fine-tuned from, as recorded in its checkpoint, if it can be found."""
+        try:
+            info = self.host.models.current_info()
+        except CheckpointError:
+            return None
+        training = info.training if info is not None else {}
+        parent_file, parent = training.get("parent_file"), training.get("parent")
+        for key in (parent_file, parent):
+            entry = self.host.models.find(key) if key else None
+            if entry is not None:
+                return entry
+        if parent_file and Path(parent_file).is_file():
+            return ModelEntry(parent_file, Path(parent_file).stem, "file")
+        return None
+
+    # -- uncertainty
+
+    def where_to_annotate(self, *_: object) -> None:
+        """Add "<image> uncertainty": where the model hesitates (entropy), the best places to paint next."""
+        host = self.host
+        if host.busy():
+            notify("info", "Another job is running: wait for it or stop it first.")
+            return
+        try:
+            layer = host.image.value
+            source = image_source(layer)
+            checkpoint = host.models.checkpoint()
+        except UserError as exc:
+            notify("warning", str(exc))
+            return
+        except CheckpointError as exc:
+            notify("error", str(exc))
+            return
+        target = host.owned.uncertainty(source)
+        order = source.all_planes(first=current_plane(host.viewer, source, layer))
+        self._context = {"uncertainty_id": target.unique_id, "source": source}
+        segment = host.segment
+        job = entropy_job(
+            source.data,
+            checkpoint,
+            axes=source.axes,
+            device=host.device.value,
+            batch_size=segment.batch_size.value,
+            tile_size=segment.tile_size.value,
+            order=order,
+        )
+        self.runner.start(
+            job,
+            total=len(order),
+            description=f"Uncertainty of {source.name}",
+            on_yield=self._on_entropy,
+            on_return=self._on_entropy_done,
+        )
+
+    def _on_entropy(self, update: EntropyUpdate) -> None:
+        layer = find_layer(self.host.viewer, self._context.get("uncertainty_id"))
+        if layer is not None:
+            write_planes(layer, update.planes)
+        self.runner.advance(update.done, update.total, f"uncertainty: {update.done} / {update.total} slices")
+
+    def _on_entropy_done(self, outcome: int | JobFailed) -> None:
+        if isinstance(outcome, JobFailed):
+            notify("error", outcome.message)
+            return
+        self.status.value = "Bright = the model hesitates: paint corrections there first."
+
+    def layer_removed(self, layer_id: object) -> None:
+        """Say what happens to a running job when one of its layers goes away."""
+        context = self._context
+        if not self.runner.running:
+            return
+        source = context.get("source")
+        image_gone = source is not None and layer_id == source.layer_id
+        if self.job is None and (image_gone or layer_id == context.get("uncertainty_id")):
+            notify("warning", f"A layer of '{source.name}' was removed, so the uncertainty computation stopped.")
+            self.runner.stop()
+        elif self.job is not None and (image_gone or layer_id == context.get("annotation_id")):
+            notify(
+                "info", "A layer used for fine-tuning was removed: training goes on with the copy taken at the start."
+            )
+
+
+def _row(*widgets: Any) -> Container:
+    row = Container(widgets=list(widgets), layout="horizontal", labels=False)
+    row.margins = (0, 0, 0, 0)
+    return row

@@ -1,0 +1,116 @@
+"""The U-Net Segmentation dock widget: shared choices (image, model, device) and the two panels."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from magicgui.widgets import ComboBox, Container, Label, ProgressBar, PushButton
+
+from ..checkpoint import CheckpointError
+from ..device import explain_devices
+from ._finetune import FineTunePanel
+from ._layers import Note, OwnedLayers, layers_of_type
+from ._models import ModelPicker
+from ._runner import JobRunner
+from ._segment import SegmentPanel
+
+if TYPE_CHECKING:
+    import napari
+
+__all__ = ["UNetSegWidget"]
+
+
+class UNetSegWidget(Container):
+    """U-Net Segmentation: pick an image, a model and a device, then Segment or Annotate & fine-tune.
+
+    Child widgets are attributes (``image``, ``models.model``, ``device``, ``segment.run_button``,
+    ``finetune.train_button``...) so scripts and tests can set values and call the handlers.
+    """
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__(labels=False)
+        self.viewer = viewer
+        self.owned = OwnedLayers(viewer, on_change=self.reset_choices)
+        self._runners: list[JobRunner] = []
+        self.image = ComboBox(label="image", choices=self._image_choices)
+        self.models = ModelPicker()
+        report = explain_devices()
+        self.device = ComboBox(label="device", choices=report.devices, value=report.devices[0])
+        self.device_report = Note(value=report.summary(), tooltip="What PyTorch can use on this computer.")
+        self.segment = SegmentPanel(self)
+        self.finetune = FineTunePanel(self)
+        top = Container(widgets=[self.image, self.models, self.device])
+        top.margins = (0, 0, 0, 0)
+        self.extend(
+            [
+                top,
+                self.device_report,
+                _heading("Segment"),
+                self.segment,
+                _heading("Annotate & fine-tune"),
+                self.finetune,
+            ]
+        )
+        self.models.model.changed.connect(self._model_changed)
+        self._model_changed()
+        self._events = [
+            (viewer.layers.events.inserted, self._layers_changed),
+            (viewer.layers.events.removed, self._layer_removed),
+            (viewer.layers.events.reordered, self._layers_changed),
+            (viewer.dims.events.current_step, self._dims_changed),
+        ]
+        for event, handler in self._events:
+            event.connect(handler)
+        for layer in viewer.layers:
+            layer.events.name.connect(self._layers_changed)
+        self.native.destroyed.connect(self._closed)
+
+    def _image_choices(self, _widget: ComboBox | None = None) -> list[tuple[str, Any]]:
+        return [(layer.name, layer) for layer in layers_of_type(self.viewer, "Image") if not self.owned.owns(layer)]
+
+    def make_runner(self, progress: ProgressBar, status: Label, start: list[PushButton], stop: PushButton) -> JobRunner:
+        """A job runner for a panel; the widget knows them all to run one job at a time."""
+        runner = JobRunner(progress, status, start, stop)
+        self._runners.append(runner)
+        return runner
+
+    def busy(self) -> bool:
+        """Whether a segmentation, fine-tuning or uncertainty job is running."""
+        return any(runner.running for runner in self._runners)
+
+    def _model_changed(self, *_: object) -> None:
+        try:
+            info = self.models.current_info()
+        except CheckpointError:
+            info = None
+        self.finetune.model_changed(info)
+
+    def _layers_changed(self, event: Any = None) -> None:
+        if event is not None and getattr(event, "type", "") == "inserted":
+            event.value.events.name.connect(self._layers_changed)
+        self.reset_choices()
+
+    def _layer_removed(self, event: Any) -> None:
+        layer_id = event.value.unique_id
+        self.segment.layer_removed(layer_id)
+        self.finetune.layer_removed(layer_id)
+        self.reset_choices()
+
+    def _dims_changed(self, *_: object) -> None:
+        self.finetune.follow_dims()
+
+    def _closed(self, *_: object) -> None:
+        """The dock widget was closed: stop listening to the viewer and stop running jobs."""
+        for event, handler in self._events:
+            event.disconnect(handler)
+        for layer in self.viewer.layers:
+            layer.events.name.disconnect(self._layers_changed)
+        for runner in self._runners:
+            if runner.worker is not None:
+                runner.worker.quit()
+
+
+def _heading(text: str) -> Label:
+    label = Label(value=f"<b>{text}</b>")
+    label.native.setContentsMargins(0, 8, 0, 0)
+    return label

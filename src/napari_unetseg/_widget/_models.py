@@ -1,0 +1,158 @@
+"""The model picker: built-in models, the user's fine-tuned versions and checkpoint files loaded by hand."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+
+from magicgui.application import use_app
+from magicgui.widgets import ComboBox, Container, PushButton
+
+from .. import versions
+from ..checkpoint import Checkpoint, CheckpointError, ModelInfo, load_checkpoint
+from ..models import builtin_names, resolve_model
+from ._layers import Note, notify
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One choice: ``key`` is a built-in name or a file path, ``name`` the short name shown and versioned."""
+
+    key: str
+    name: str
+    kind: str  # "built-in", "fine-tuned" or "file"
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.kind})"
+
+
+class ModelPicker(Container):
+    """A model list with a "Load checkpoint…" button and a line describing the chosen model."""
+
+    def __init__(self) -> None:
+        self._files: list[Path] = []
+        self._cache: dict[str, tuple[float, Checkpoint]] = {}
+        self.model = ComboBox(
+            choices=self._choices, tooltip="Built-in models, your fine-tuned versions and loaded files"
+        )
+        self.load_button = PushButton(text="Load…", tooltip="Load a checkpoint (.pt) file")
+        self.info = Note()
+        row = Container(widgets=[self.model, self.load_button], layout="horizontal", labels=False)
+        row.margins = (0, 0, 0, 0)
+        row.native.layout().setStretch(0, 1)
+        super().__init__(widgets=[row, self.info], labels=False, label="model")
+        self.margins = (0, 0, 0, 0)
+        self.model.changed.connect(self._on_changed)
+        self.load_button.changed.connect(self._on_load_clicked)
+        self._on_changed()
+
+    # -- the list
+
+    def entries(self) -> list[ModelEntry]:
+        """Built-ins, then saved versions, then files loaded this session (no file twice)."""
+        rows = [ModelEntry(name, name, "built-in") for name in builtin_names()]
+        seen: set[Path] = set()
+        for version in versions.list_versions():
+            seen.add(version.path.resolve())
+            rows.append(ModelEntry(str(version.path), version.name, "fine-tuned"))
+        rows += [ModelEntry(str(path), path.stem, "file") for path in self._files if path.resolve() not in seen]
+        return rows
+
+    def _choices(self, _widget: ComboBox | None = None) -> list[tuple[str, str]]:
+        return [(entry.label, entry.key) for entry in self.entries()]
+
+    def refresh(self) -> None:
+        """Re-read the saved versions (keeps the selection when it still exists)."""
+        self.model.reset_choices()
+
+    def current(self) -> ModelEntry | None:
+        return next((e for e in self.entries() if e.key == self.model.value), None)
+
+    def find(self, name_or_key: str) -> ModelEntry | None:
+        """The entry with this key or short name (a parent recorded in a checkpoint)."""
+        return next((e for e in self.entries() if name_or_key in (e.key, e.name)), None)
+
+    def select(self, key: str) -> None:
+        self.refresh()
+        self.model.value = key
+
+    def add_file(self, path: str | Path) -> ModelEntry:
+        """Load a checkpoint file (:class:`CheckpointError` if unusable), list it and select it."""
+        path = Path(path).expanduser().absolute()
+        self._load(str(path))
+        if path not in self._files:
+            self._files.append(path)
+        self.select(str(path))
+        entry = self.current()
+        assert entry is not None
+        return entry
+
+    # -- checkpoints
+
+    def checkpoint(self) -> Checkpoint:
+        """A private copy of the chosen model; :class:`CheckpointError` if none is chosen or it cannot load."""
+        entry = self.current()
+        if entry is None:
+            raise CheckpointError("No model is chosen: pick one in the model list or load a checkpoint (.pt) file.")
+        cached = self._load(entry.key)
+        return Checkpoint(copy.deepcopy(cached.model), copy.deepcopy(cached.info), cached.path)
+
+    def current_info(self) -> ModelInfo | None:
+        """Metadata of the chosen model (``None`` if none); :class:`CheckpointError` if it cannot load."""
+        entry = self.current()
+        return None if entry is None else self._load(entry.key).info
+
+    def _load(self, key: str) -> Checkpoint:
+        """Load (or reuse while the file is unchanged) the checkpoint for ``key``."""
+        path = Path(key) if key not in builtin_names() else None
+        stamp = path.stat().st_mtime if path is not None and path.is_file() else 0.0
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] == stamp:
+            return hit[1]
+        checkpoint = load_checkpoint(path) if path is not None else resolve_model(key)
+        self._cache[key] = (stamp, checkpoint)
+        return checkpoint
+
+    # -- events
+
+    def _on_changed(self, *_: object) -> None:
+        entry = self.current()
+        if entry is None:
+            self.info.value = "No model yet: load a checkpoint (.pt) file."
+            return
+        try:
+            info = self._load(entry.key).info
+        except CheckpointError as exc:
+            self.info.value = f"{entry.name} cannot be used."
+            notify("error", str(exc))
+            return
+        self.info.value = describe_model(entry, info)
+
+    def _on_load_clicked(self, *_: object) -> None:
+        path = self.ask_checkpoint_path()
+        if not path:
+            return
+        try:
+            entry = self.add_file(path)
+        except CheckpointError as exc:
+            notify("error", str(exc))
+            return
+        notify("info", f"Loaded {entry.name} from {path}.")
+
+    def ask_checkpoint_path(self) -> str | None:
+        """A file dialog for a checkpoint (tests replace this)."""
+        show = use_app().get_obj("show_file_dialog")
+        return show("r", caption="Load a U-Net checkpoint", filter="Checkpoints (*.pt *.pth)")
+
+
+def describe_model(entry: ModelEntry, info: ModelInfo) -> str:
+    """One or two lines about a model: mode, classes, where it came from and its validation score."""
+    training = info.training or {}
+    lines = [f"{entry.name}: {info.mode} model", f"classes: {', '.join(info.class_names)}"]
+    origin = [f"fine-tuned from {training['parent']}"] if training.get("parent") else []
+    score = (training.get("metrics") or {}).get("val_mean_iou")
+    if isinstance(score, float):
+        origin.append(f"validation IoU {score:.2f}")
+    return "\n".join(lines + ([", ".join(origin)] if origin else []))

@@ -1,0 +1,118 @@
+"""Runs one job at a time in a napari worker thread, with progress in the widget and napari's activity panel."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Generator
+from typing import Any
+
+from magicgui.widgets import Label, ProgressBar, PushButton
+
+
+class JobRunner:
+    """Owns a worker: starts it, relays its updates on the GUI thread, and stops it on request.
+
+    ``start_buttons`` are disabled while a job runs and ``stop_button`` enabled. Stopping calls the
+    job's own ``stop`` if one was given (e.g. training, which then returns its best weights), else
+    ``worker.quit()``, which takes effect at the job's next yield.
+    """
+
+    def __init__(self, progress: ProgressBar, status: Label, start_buttons: list[PushButton], stop_button: PushButton):
+        self.progress = progress
+        self.status = status
+        self.start_buttons = start_buttons
+        self.stop_button = stop_button
+        self.worker: Any = None
+        self.stopped = False
+        self._pbar: Any = None
+        self._started = 0.0
+        self._stop: Callable[[], None] | None = None
+        self._on_return: Callable[[Any], None] = lambda _: None
+        self._on_finish: Callable[[], None] = lambda: None
+        stop_button.enabled = False
+        stop_button.changed.connect(self.stop)
+
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    def start(
+        self,
+        job: Generator[Any, None, Any],
+        *,
+        total: int,
+        description: str,
+        on_yield: Callable[[Any], None],
+        on_return: Callable[[Any], None],
+        on_finish: Callable[[], None] = lambda: None,
+        stop: Callable[[], None] | None = None,
+    ) -> None:
+        """Run ``job`` in a thread; ``on_yield``/``on_return`` get its updates and outcome on the GUI thread."""
+        from napari.qt.threading import create_worker
+        from napari.utils import progress
+
+        def drive() -> Generator[Any, None, Any]:
+            return (yield from job)
+
+        self.stopped = False
+        self._stop = stop
+        self._on_return, self._on_finish = on_return, on_finish
+        self._started = time.monotonic()
+        self._pbar = progress(total=total, desc=description)
+        self.progress.max = max(total, 1)
+        self.progress.value = 0
+        self.status.value = f"{description}…"
+        worker = create_worker(drive, _start_thread=False)
+        worker.yielded.connect(on_yield)
+        worker.returned.connect(self._returned)
+        worker.finished.connect(self._finished)
+        self.worker = worker
+        for button in self.start_buttons:
+            button.enabled = False
+        self.stop_button.enabled = True
+        worker.start()
+
+    def advance(self, done: int, total: int, text: str) -> None:
+        """Show ``done`` of ``total`` with ``text`` and the time left, here and in the activity panel."""
+        if self.worker is None:  # a late update after the job ended
+            return
+        self.progress.max = max(total, 1)
+        self.progress.value = min(done, total)
+        self.status.value = f"{text} · {self.time_left(done, total)}" if 0 < done < total else text
+        if self._pbar is not None:  # last: napari's progress may handle pending events (even our end)
+            self._pbar.total = total
+            self._pbar.update(done - self._pbar.n)
+
+    def time_left(self, done: int, total: int) -> str:
+        """A plain estimate of the remaining time from the pace so far."""
+        seconds = (time.monotonic() - self._started) / max(done, 1) * (total - done)
+        return f"about {seconds:.0f} s left" if seconds < 120 else f"about {seconds / 60:.0f} min left"
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self._started
+
+    def stop(self, *_: object) -> None:
+        """Ask the running job to stop (within one batch or iteration)."""
+        if self.worker is None or self.stopped:
+            return
+        self.stopped = True
+        self.stop_button.enabled = False
+        self.status.value = "Stopping…"
+        if self._stop is not None:
+            self._stop()
+        else:
+            self.worker.quit()
+
+    def _returned(self, outcome: Any) -> None:
+        self._on_return(outcome)
+
+    def _finished(self) -> None:
+        if self._pbar is not None:
+            self._pbar.close()
+            self._pbar = None
+        self.worker = None
+        for button in self.start_buttons:
+            button.enabled = True
+        self.stop_button.enabled = False
+        self._on_finish()

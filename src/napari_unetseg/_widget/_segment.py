@@ -1,0 +1,154 @@
+"""The Segment panel: run the chosen model over an image layer into a "<image> labels" layer."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import CheckBox, Container, ProgressBar, PushButton, SpinBox
+
+from ..checkpoint import CheckpointError
+from ._jobs import JobFailed, SegmentOutcome, SegmentUpdate, segment_job
+from ._layers import Note, UserError, current_plane, find_layer, image_source, notify, write_planes
+
+if TYPE_CHECKING:
+    from ._main import UNetSegWidget
+
+
+class SegmentPanel(Container):
+    """Segment button, "this slice only", advanced options (batch, tile, Z-linking), progress and Cancel."""
+
+    def __init__(self, host: UNetSegWidget) -> None:
+        self.host = host
+        self.this_slice = CheckBox(text="This slice only", value=False)
+        self.show_advanced = CheckBox(text="Advanced options", value=False)
+        self.batch_size = SpinBox(
+            label="batch size",
+            value=4,
+            min=1,
+            max=256,
+            tooltip="Planes or tiles per step; lower it if memory runs out.",
+        )
+        self.tile_size = SpinBox(
+            label="tile size",
+            value=1024,
+            min=64,
+            max=16384,
+            step=64,
+            tooltip="Larger planes are cut into tiles of this many pixels (with overlap).",
+        )
+        self.stitch_z = CheckBox(
+            text="Link objects across Z",
+            value=True,
+            tooltip="Instance models on 3D stacks: give one id to an object across slices.",
+        )
+        self.advanced = Container(widgets=[self.batch_size, self.tile_size, self.stitch_z], visible=False)
+        self.run_button = PushButton(text="Segment")
+        self.cancel_button = PushButton(text="Cancel")
+        self.progress = ProgressBar(value=0, min=0, max=1)
+        self.status = Note()
+        buttons = Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False)
+        buttons.margins = (0, 0, 0, 0)
+        super().__init__(
+            widgets=[self.this_slice, self.show_advanced, self.advanced, buttons, self.progress, self.status],
+            labels=False,
+        )
+        self.margins = (0, 0, 0, 0)
+        self.runner = host.make_runner(self.progress, self.status, [self.run_button], self.cancel_button)
+        self.show_advanced.changed.connect(self._toggle_advanced)
+        self.run_button.changed.connect(self.run)
+        self._target: tuple[Any, Any, str] | None = None  # labels layer id, image layer id, image name
+        self._done = (0, 0)  # planes done, total of the running job
+        self.segmented: dict[Any, set[tuple[int, ...]]] = {}  # labels layer id -> planes segmented
+
+    def _toggle_advanced(self, shown: bool) -> None:
+        self.advanced.visible = bool(shown)
+
+    def run(self, *_: object) -> None:
+        """Start segmenting the chosen image (or its plane on screen) with the chosen model."""
+        host = self.host
+        if host.busy():
+            notify("info", "Another job is running: wait for it or stop it first.")
+            return
+        try:
+            layer = host.image.value
+            source = image_source(layer)
+            checkpoint = host.models.checkpoint()
+        except (UserError, CheckpointError) as exc:
+            notify("warning" if isinstance(exc, UserError) else "error", str(exc))
+            return
+        instance = checkpoint.info.mode == "instance"
+        here = current_plane(host.viewer, source, layer)
+        single = self.this_slice.value and bool(source.plane_shape)
+        order = [here] if single else source.all_planes(first=here)
+        labels = host.owned.labels(source, np.dtype(np.uint32 if instance else np.uint8), clear=not single)
+        done = self.segmented.setdefault(labels.unique_id, set())
+        id_offset = 0
+        if single:
+            labels.data[here] = 0
+            id_offset = int(labels.data.max()) if instance else 0
+        else:
+            done.clear()
+        out_axes = source.axes.replace("C", "")
+        stitch = self.stitch_z.value and instance and not single and "Z" in out_axes
+        job = segment_job(
+            source.data,
+            checkpoint,
+            axes=source.axes,
+            device=host.device.value,
+            batch_size=self.batch_size.value,
+            tile_size=self.tile_size.value,
+            order=order,
+            id_offset=id_offset,
+            stitch_axis=out_axes.index("Z") if stitch else None,
+        )
+        self._target = (labels.unique_id, source.layer_id, source.name)
+        self._done = (0, len(order))
+        host.viewer.layers.selection.active = labels
+        self.runner.start(
+            job,
+            total=len(order),
+            description=f"Segmenting {source.name}",
+            on_yield=self._on_update,
+            on_return=self._on_outcome,
+            on_finish=self._on_finished,
+        )
+
+    def _on_update(self, update: SegmentUpdate) -> None:
+        if self._target is None:
+            return
+        layer = find_layer(self.host.viewer, self._target[0])
+        if layer is None:
+            return
+        self.segmented.setdefault(layer.unique_id, set()).update(p.index for p in update.planes)
+        write_planes(layer, [(p.index, p.labels) for p in update.planes])
+        self._done = (update.done, update.total)
+        if update.note:
+            notify("warning", update.note)
+        # last: napari's progress bar may deliver the job's end (outcome, finished) from inside this call
+        self.runner.advance(update.done, update.total, f"{update.done} / {update.total} slices")
+
+    def _on_outcome(self, outcome: SegmentOutcome | JobFailed) -> None:
+        target, self._target = self._target, None
+        if isinstance(outcome, JobFailed):
+            self.status.value = "Segmentation failed."
+            notify("error", outcome.message)
+            return
+        layer = find_layer(self.host.viewer, target[0]) if target else None
+        if layer is not None and outcome.stitched is not None:
+            layer.data = outcome.stitched
+        seconds = self.runner.elapsed
+        self.status.value = f"Done: {outcome.total} slice{'s' * (outcome.total != 1)} in {seconds:.1f} s."
+
+    def _on_finished(self) -> None:
+        if self._target is not None:  # no outcome came back: the job was cancelled
+            self._target = None
+            self.status.value = f"Cancelled after {self._done[0]} of {self._done[1]} slices."
+
+    def layer_removed(self, layer_id: object) -> None:
+        """Stop the running job if its image or labels layer was just deleted."""
+        if self._target is None or layer_id not in self._target[:2] or not self.runner.running:
+            return
+        what = "image" if layer_id == self._target[1] else "labels layer"
+        notify("warning", f"The {what} of '{self._target[2]}' was removed, so its segmentation stopped.")
+        self.runner.stop()

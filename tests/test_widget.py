@@ -1,0 +1,542 @@
+"""The napari dock widget, driven as a user would: segment, cancel, paint, fine-tune, and every error path.
+
+Runs under Xvfb (pytest-xvfb) with napari's viewer fixtures; skipped when napari is not installed.
+"""
+
+from __future__ import annotations
+
+import copy
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+napari = pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+from conftest import ThresholdNet  # noqa: E402
+
+from napari_unetseg import versions  # noqa: E402
+from napari_unetseg._sample_data import nuclei_2d, nuclei_3d  # noqa: E402
+from napari_unetseg._widget import _segment  # noqa: E402
+from napari_unetseg._widget._finetune import convention_text  # noqa: E402
+from napari_unetseg._widget._main import UNetSegWidget  # noqa: E402
+from napari_unetseg.checkpoint import Checkpoint, ModelInfo, load_checkpoint  # noqa: E402
+from napari_unetseg.device import available_devices  # noqa: E402
+from napari_unetseg.inference import PlanePredictor  # noqa: E402
+from napari_unetseg.synthetic import synthetic_nuclei_2d, synthetic_nuclei_3d  # noqa: E402
+
+pytestmark = pytest.mark.gui
+WAIT_MS = 90_000
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """One PyTorch thread: tiny models gain nothing from more, and on a busy machine OpenMP threads
+    waiting for each other make training many times slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def notes(monkeypatch) -> list[tuple[str, str]]:
+    """Every napari notification shown, as (kind, message)."""
+    from napari.utils import notifications
+
+    shown: list[tuple[str, str]] = []
+    for kind in ("info", "warning", "error"):
+        monkeypatch.setattr(
+            notifications, f"show_{kind}", lambda message, kind=kind: shown.append((kind, str(message)))
+        )
+    return shown
+
+
+@pytest.fixture
+def versions_root(tmp_path, monkeypatch) -> Path:
+    root = tmp_path / "versions"
+    monkeypatch.setenv(versions.ENV_VAR, str(root))
+    return root
+
+
+@pytest.fixture
+def viewer_widget(make_napari_viewer_proxy, versions_root, tiny_instance_checkpoint, notes):
+    """A viewer (wrapped like napari wraps it for plugins) with the widget docked and a tiny model loaded."""
+    viewer = make_napari_viewer_proxy()
+    widget = UNetSegWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="U-Net Segmentation")
+    widget.models.add_file(tiny_instance_checkpoint)
+    return viewer, widget
+
+
+def threshold_model(widget: UNetSegWidget, monkeypatch) -> None:
+    """Make the widget use a stand-in network that finds bright objects (labels without training)."""
+    monkeypatch.setattr(
+        type(widget.models), "checkpoint", lambda self: Checkpoint(ThresholdNet(), ModelInfo(mode="instance"))
+    )
+
+
+def text(label) -> str:
+    """What a (wrapped) label says, on one line."""
+    return " ".join(label.value.split())
+
+
+def wait_idle(qtbot, widget: UNetSegWidget) -> None:
+    qtbot.waitUntil(lambda: not widget.busy(), timeout=WAIT_MS)
+
+
+def small_2d(seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    image, labels = synthetic_nuclei_2d((96, 96), seed=seed, radius=9.0, coverage=0.3, photons=500.0, blur=1.0)
+    return image.astype(np.float32), labels
+
+
+def small_3d() -> tuple[np.ndarray, np.ndarray]:
+    image, labels = synthetic_nuclei_3d((8, 64, 64), seed=2, radius=8.0, coverage=0.3, photons=500.0, z_spacing=1.0)
+    return image.astype(np.float32), labels
+
+
+# ---------------------------------------------------------------------------- building and samples
+
+
+def test_widget_lists_layers_models_and_devices(viewer_widget, tiny_instance_checkpoint):
+    viewer, widget = viewer_widget
+    assert widget.image.value is None
+    viewer.add_image(np.zeros((32, 32), np.float32), name="a")
+    viewer.add_labels(np.zeros((32, 32), np.uint8), name="painted")
+    assert widget.image.value.name == "a"
+    assert widget.finetune.annotations.value.name == "painted"
+    assert list(widget.device.choices) == available_devices()
+    assert "can use" in text(widget.device_report)
+    assert widget.models.current().key == str(tiny_instance_checkpoint)
+    assert "instance model" in widget.models.info.value
+    assert widget.finetune.convention.value.startswith("Paint: 0 = not annotated")
+    assert widget.segment.advanced.native.isHidden()  # the "advanced" fold starts closed
+    widget.segment.show_advanced.value = True
+    assert not widget.segment.advanced.native.isHidden()
+
+
+def test_sample_data_and_manifest():
+    ((image2d, _, kind2d),) = nuclei_2d()
+    ((image3d, meta3d, kind3d),) = nuclei_3d()
+    assert kind2d == kind3d == "image" and image2d.ndim == 2 and image3d.ndim == 3
+    assert meta3d["scale"] == (2.0, 1.0, 1.0)
+    np.testing.assert_array_equal(nuclei_2d()[0][0], image2d)  # seeded: the same every time
+
+    npe2 = pytest.importorskip("npe2")
+    manifest = npe2.PluginManifest.from_file(Path(__file__).parents[1] / "src/napari_unetseg/napari.yaml")
+    assert manifest.name == "napari-unetseg" and manifest.display_name == "U-Net Segmentation"
+    assert all(command.id.startswith("napari-unetseg.") for command in manifest.contributions.commands)
+    for command in manifest.contributions.commands:
+        module, name = command.python_name.split(":")
+        assert callable(getattr(__import__(module, fromlist=[name]), name))
+
+
+# ---------------------------------------------------------------------------- segmentation
+
+
+def test_segment_2d_makes_a_labels_layer_in_the_image_place(qtbot, viewer_widget, monkeypatch):
+    viewer, widget = viewer_widget
+    image, _ = small_2d()
+    layer = viewer.add_image(image, name="cells", scale=(0.5, 0.25), translate=(10, 20), axis_labels=("y", "x"))
+    original = image.copy()
+    threshold_model(widget, monkeypatch)
+    widget.segment.run_button.clicked.emit()
+    wait_idle(qtbot, widget)
+    labels = viewer.layers["cells labels"]
+    assert labels.data.shape == (96, 96) and labels.data.dtype == np.uint32
+    assert labels.data.max() >= 3
+    assert tuple(labels.scale) == (0.5, 0.25) and tuple(labels.translate) == (10, 20)
+    assert tuple(labels.axis_labels) == ("y", "x")
+    assert text(widget.segment.status).startswith("Done: 1 slice")
+    np.testing.assert_array_equal(layer.data, original)
+
+
+def test_segment_3d_goes_through_the_slice_in_view_first_and_links_z(qtbot, viewer_widget, monkeypatch):
+    viewer, widget = viewer_widget
+    image, _ = small_3d()
+    viewer.add_image(image, name="stack", scale=(2, 1, 1))
+    viewer.dims.set_current_step(0, 5)
+    threshold_model(widget, monkeypatch)
+    orders = []
+    real_job = _segment.segment_job
+    monkeypatch.setattr(_segment, "segment_job", lambda *a, **k: orders.append(k["order"]) or real_job(*a, **k))
+    widget.segment.run()
+    wait_idle(qtbot, widget)
+    assert orders[0][0] == (5,) and sorted(orders[0]) == [(z,) for z in range(8)]
+    labels = viewer.layers["stack labels"].data
+    assert labels.shape == (8, 64, 64) and tuple(viewer.layers["stack labels"].scale) == (2, 1, 1)
+    per_slice = sum(len(np.unique(plane[plane > 0])) for plane in labels)
+    assert 0 < len(np.unique(labels[labels > 0])) < per_slice  # objects keep one id across slices
+
+    widget.segment.stitch_z.value = False
+    widget.segment.run()
+    wait_idle(qtbot, widget)
+    labels = viewer.layers["stack labels"].data
+    assert len(np.unique(labels[labels > 0])) == sum(len(np.unique(p[p > 0])) for p in labels)
+
+
+def test_second_run_writes_into_its_own_layer_never_a_user_layer(qtbot, viewer_widget, monkeypatch):
+    viewer, widget = viewer_widget
+    image, _ = small_2d()
+    viewer.add_image(image, name="cells")
+    mine = viewer.add_labels(np.full((96, 96), 7, np.uint32), name="cells labels")
+    threshold_model(widget, monkeypatch)
+    widget.segment.run()
+    wait_idle(qtbot, widget)
+    assert [layer.name for layer in viewer.layers] == ["cells", "cells labels", "cells labels [1]"]
+    assert (mine.data == 7).all()
+    viewer.layers.selection.active = mine
+    widget.segment.run()
+    wait_idle(qtbot, widget)
+    assert len(viewer.layers) == 3 and (mine.data == 7).all() and viewer.layers["cells labels [1]"].data.max() > 0
+
+
+def test_this_slice_only(qtbot, viewer_widget, monkeypatch):
+    viewer, widget = viewer_widget
+    image, _ = small_3d()
+    viewer.add_image(image, name="stack")
+    viewer.dims.set_current_step(0, 3)
+    threshold_model(widget, monkeypatch)
+    widget.segment.this_slice.value = True
+    widget.segment.run()
+    wait_idle(qtbot, widget)
+    labels = viewer.layers["stack labels"].data
+    assert labels[3].max() > 0
+    assert not np.delete(labels, 3, axis=0).any()
+    assert text(widget.segment.status).startswith("Done: 1 slice")
+
+
+@pytest.mark.parametrize(
+    "shape, expected",
+    [((48, 40, 3), (48, 40)), ((2, 3, 40, 48), (2, 3, 40, 48))],
+    ids=["rgb", "4d"],
+)
+def test_rgb_and_4d_images(qtbot, viewer_widget, shape, expected):
+    viewer, widget = viewer_widget
+    data = np.random.default_rng(0).integers(0, 255, shape).astype(np.uint8)
+    layer = viewer.add_image(data, name="img", rgb=len(shape) == 3)
+    widget.segment.run()
+    wait_idle(qtbot, widget)
+    assert viewer.layers["img labels"].data.shape == expected
+    assert np.array_equal(layer.data, data)
+
+
+def test_dask_and_zarr_images_are_read_plane_by_plane(qtbot, viewer_widget, monkeypatch):
+    da = pytest.importorskip("dask.array")
+    viewer, widget = viewer_widget
+    image, _ = small_3d()
+    reads = []
+
+    def plane(block, block_info=None):
+        reads.append(block_info[None]["chunk-location"][0])
+        return block
+
+    lazy = da.from_array(image, chunks=(1, 64, 64)).map_blocks(plane, dtype=image.dtype)
+    viewer.add_image(lazy, name="lazy", contrast_limits=(0, float(image.max())))
+    threshold_model(widget, monkeypatch)
+    widget.segment.this_slice.value = True
+    viewer.dims.set_current_step(0, 6)
+    reads.clear()
+    widget.segment.run()
+    wait_idle(qtbot, widget)
+    assert set(reads) <= {6}  # only the plane segmented was computed
+    assert viewer.layers["lazy labels"].data[6].max() > 0
+
+    zarr = pytest.importorskip("zarr")
+    store = zarr.zeros(image.shape, chunks=(1, 64, 64), dtype=image.dtype)
+    store[:] = image
+    viewer.add_image(store, name="zarr")
+    widget.image.value = viewer.layers["zarr"]
+    widget.segment.this_slice.value = False
+    widget.segment.run()
+    wait_idle(qtbot, widget)
+    assert viewer.layers["zarr labels"].data.shape == image.shape
+
+
+def test_cancel_stops_within_a_batch(qtbot, viewer_widget, monkeypatch):
+    viewer, widget = viewer_widget
+    viewer.add_image(np.random.default_rng(0).normal(100, 20, (40, 64, 64)).astype(np.float32), name="long")
+    widget.segment.batch_size.value = 1
+    widget.segment.run()
+    assert widget.busy() and widget.segment.cancel_button.enabled
+    widget.segment.cancel_button.clicked.emit()
+    wait_idle(qtbot, widget)
+    done, total = widget.segment._done
+    assert done < total == 40
+    assert text(widget.segment.status).startswith("Cancelled after")
+    assert widget.segment.run_button.enabled and not widget.segment.cancel_button.enabled
+
+
+def test_out_of_memory_retries_with_half_the_batch(qtbot, viewer_widget, notes, monkeypatch):
+    viewer, widget = viewer_widget
+    image, _ = small_3d()
+    viewer.add_image(image, name="stack")
+    real = PlanePredictor.probabilities
+
+    def probabilities(self, planes, should_stop=None):
+        if self.batch_size > 1:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(self, planes, should_stop)
+
+    monkeypatch.setattr(PlanePredictor, "probabilities", probabilities)
+    widget.segment.batch_size.value = 4
+    widget.segment.run()
+    wait_idle(qtbot, widget)
+    warnings = [m for kind, m in notes if kind == "warning"]
+    assert any("batch size 2" in m for m in warnings) and any("batch size 1" in m for m in warnings)
+    assert text(widget.segment.status).startswith("Done: 8 slices")
+
+    def always_out_of_memory(self, planes, should_stop=None):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(PlanePredictor, "probabilities", always_out_of_memory)
+    widget.segment.run()
+    wait_idle(qtbot, widget)
+    assert notes[-1][0] == "error" and "even with batch size 1" in notes[-1][1]
+    assert widget.segment.run_button.enabled
+
+
+# ---------------------------------------------------------------------------- errors
+
+
+def test_user_mistakes_give_plain_notifications(qtbot, viewer_widget, notes, tmp_path):
+    viewer, widget = viewer_widget
+    widget.segment.run()
+    assert notes[-1][0] == "warning" and "no image" in notes[-1][1]
+    widget.finetune.fine_tune()
+    assert notes[-1][0] == "warning" and "no image" in notes[-1][1]
+
+    viewer.add_image(np.ones((40, 40), np.float32), name="img")
+    viewer.add_labels(np.zeros((30, 30), np.uint8), name="wrong")
+    widget.finetune.annotations.value = viewer.layers["wrong"]
+    widget.finetune.fine_tune()
+    assert notes[-1][0] == "warning" and "shape (30, 30)" in notes[-1][1] and "(40, 40)" in notes[-1][1]
+
+    widget.finetune.new_annotations()
+    assert widget.finetune.annotations.value.name == "img annotations"
+    widget.finetune.fine_tune()
+    assert notes[-1][0] == "warning" and "Nothing is painted" in notes[-1][1]
+
+    widget.finetune.from_result()
+    assert notes[-1][0] == "warning" and "Segment first" in notes[-1][1]
+
+    bad = tmp_path / "broken.pt"
+    bad.write_bytes(b"not a checkpoint")
+    before = widget.models.current()
+    widget.models.ask_checkpoint_path = lambda: str(bad)
+    widget.models.load_button.clicked.emit()
+    assert notes[-1][0] == "error" and "broken.pt" in notes[-1][1]
+    assert widget.models.current() == before
+
+    widget.finetune.revert()
+    assert notes[-1][0] == "warning" and "no earlier version" in notes[-1][1]
+    assert not any(kind == "error" and "Traceback" in m for kind, m in notes)
+
+
+def test_one_class_only_is_refused_with_a_message(qtbot, viewer_widget, notes):
+    viewer, widget = viewer_widget
+    viewer.add_image(np.random.default_rng(0).normal(100, 20, (48, 48)).astype(np.float32), name="img")
+    widget.finetune.new_annotations()
+    widget.finetune.annotations.value.data[5:20, 5:20] = 1  # background only
+    widget.finetune.fine_tune()
+    wait_idle(qtbot, widget)
+    assert notes[-1][0] == "error" and "object" in notes[-1][1]
+    assert widget.finetune.train_button.enabled
+
+
+def test_deleting_a_layer_while_segmenting_stops_with_a_message(qtbot, viewer_widget, notes):
+    viewer, widget = viewer_widget
+    viewer.add_image(np.random.default_rng(0).normal(100, 20, (40, 64, 64)).astype(np.float32), name="long")
+    widget.segment.batch_size.value = 1
+    widget.segment.run()
+    viewer.layers.remove("long")
+    wait_idle(qtbot, widget)
+    assert any(kind == "warning" and "was removed" in m for kind, m in notes)
+    assert widget.segment.run_button.enabled
+
+    viewer.add_image(np.random.default_rng(0).normal(100, 20, (40, 64, 64)).astype(np.float32), name="again")
+    widget.segment.run()
+    viewer.layers.remove("again labels")
+    wait_idle(qtbot, widget)
+    assert "labels layer" in notes[-1][1]
+    assert [layer.name for layer in viewer.layers] == ["long labels", "again"]  # results are kept
+
+
+def test_a_checkpoint_that_stops_loading_is_reported(qtbot, viewer_widget, notes, tmp_path):
+    viewer, widget = viewer_widget
+    viewer.add_image(np.ones((40, 40), np.float32), name="img")
+    path = Path(widget.models.current().key)
+    path.write_bytes(b"truncated")
+    widget.segment.run()
+    assert notes[-1][0] == "error" and path.name in notes[-1][1]
+    assert widget.segment.run_button.enabled and not widget.busy()
+
+
+# ---------------------------------------------------------------------------- annotate and fine-tune
+
+
+def test_from_result_shifts_ids_and_marks_background(qtbot, viewer_widget, monkeypatch):
+    viewer, widget = viewer_widget
+    image, _ = small_3d()
+    viewer.add_image(image, name="stack")
+    viewer.dims.set_current_step(0, 2)
+    threshold_model(widget, monkeypatch)
+    widget.segment.this_slice.value = True
+    widget.segment.run()
+    wait_idle(qtbot, widget)
+    result = viewer.layers["stack labels"].data.copy()
+    widget.finetune.from_result()
+    annotation = viewer.layers["stack annotations"]
+    assert annotation.mode == "paint" and annotation.selected_label == annotation.data.max() + 1
+    np.testing.assert_array_equal(annotation.data[2], np.where(result[2] > 0, result[2] + 1, 1))
+    assert not np.delete(annotation.data, 2, axis=0).any()  # slices never segmented stay unannotated
+
+
+def test_fine_tune_saves_a_version_selects_it_and_revert_goes_back(qtbot, viewer_widget, versions_root, notes):
+    viewer, widget = viewer_widget
+    image, truth = small_2d()
+    image_layer = viewer.add_image(image, name="cells")
+    widget.finetune.new_annotations()
+    annotation = widget.finetune.annotations.value
+    annotation.data[:] = np.where(truth > 0, truth + 1, 1)
+    annotation.data[:, 80:] = 0  # a part left unannotated
+    painted = annotation.data.copy()
+    widget.finetune.iterations.value = 3
+    widget.finetune.train_button.clicked.emit()
+    assert widget.busy() and not widget.finetune.train_button.enabled
+    annotation.data[0:4, 0:4] = 9  # the user keeps painting: training uses the snapshot
+    wait_idle(qtbot, widget)
+
+    saved = versions_root / "tiny-instance-ft1.pt"
+    assert saved.is_file(), notes
+    info = load_checkpoint(saved).info
+    assert (
+        info.name == "tiny-instance-ft1"
+        and info.training["parent"] == "tiny-instance"
+        and info.training["iterations"] == 3
+    )
+    assert widget.models.current().name == "tiny-instance-ft1" and widget.models.current().kind == "fine-tuned"
+    assert "Saved tiny-instance-ft1" in text(widget.finetune.status)
+    assert len(widget.finetune.plot.losses) == 3
+    assert viewer.layers["cells labels"].data.shape == (96, 96)  # the live preview's output layer
+    np.testing.assert_array_equal(image_layer.data, image)
+    painted[0:4, 0:4] = 9
+    np.testing.assert_array_equal(annotation.data, painted)
+
+    assert widget.finetune.revert_button.enabled
+    widget.finetune.revert_button.clicked.emit()
+    assert widget.models.current().name == "tiny-instance"
+    assert saved.is_file()
+
+    widget.finetune.iterations.value = 10_000  # Stop keeps the best weights so far
+    widget.finetune.live_preview.value = False
+    widget.finetune.fine_tune()
+    qtbot.waitUntil(lambda: len(widget.finetune.plot.losses) >= 1, timeout=WAIT_MS)
+    widget.finetune.stop_button.clicked.emit()
+    wait_idle(qtbot, widget)
+    second = load_checkpoint(versions_root / "tiny-instance-ft2.pt").info
+    assert second.training["stopped"] is True and second.training["iterations"] < 10_000
+    assert (versions_root / "tiny-instance-ft1.pt").read_bytes() == saved.read_bytes()
+    assert widget.models.current().name == "tiny-instance-ft2"
+
+
+def test_fine_tune_to_a_chosen_file(qtbot, viewer_widget, tmp_path):
+    viewer, widget = viewer_widget
+    image, truth = small_2d()
+    viewer.add_image(image, name="cells")
+    widget.finetune.new_annotations()
+    widget.finetune.annotations.value.data[:] = np.where(truth > 0, truth + 1, 1)
+    widget.finetune.iterations.value = 3
+    widget.finetune.live_preview.value = False
+    widget.finetune.save_to.value = tmp_path / "mine.pt"
+    widget.finetune.fine_tune()
+    wait_idle(qtbot, widget)
+    assert load_checkpoint(tmp_path / "mine.pt").info.name == "mine"
+    assert widget.models.current().name == "mine" and widget.models.current().kind == "file"
+    assert "cells labels" not in [layer.name for layer in viewer.layers]
+
+
+def test_where_to_annotate_next_adds_an_uncertainty_layer(qtbot, viewer_widget):
+    viewer, widget = viewer_widget
+    image, _ = small_3d()
+    viewer.add_image(image, name="stack", scale=(2, 1, 1))
+    widget.finetune.uncertainty_button.clicked.emit()
+    wait_idle(qtbot, widget)
+    entropy = viewer.layers["stack uncertainty"]
+    assert entropy.data.shape == image.shape and entropy.data.dtype == np.float32
+    assert entropy.data.min() >= 0 and entropy.data.max() <= 1 and entropy.data.max() > 0
+    assert tuple(entropy.scale) == (2, 1, 1)
+    assert [layer.name for layer in widget.image.choices] == ["stack"]
+
+
+def test_semantic_models_show_their_classes(viewer_widget, tiny_semantic_checkpoint):
+    viewer, widget = viewer_widget
+    widget.models.add_file(tiny_semantic_checkpoint)
+    assert text(widget.finetune.convention) == "Paint: 0 = not annotated (ignored) · 1 = membrane · 2 = cell"
+    assert convention_text(copy.deepcopy(ModelInfo())).endswith("2, 3, … = one id per object")
+    viewer.add_image(np.ones((16, 16), np.float32), name="img")
+    widget.finetune.new_annotations()
+    layer = viewer.layers["img annotations"]
+    assert layer.data.dtype == np.uint8 and layer.selected_label == 1
+
+
+# ---------------------------------------------------------------------------- napari plugin machinery
+
+
+@pytest.fixture
+def registered(npe2pm):
+    """Our manifest registered with a test plugin manager (as the installed entry point would)."""
+    with npe2pm.tmp_plugin(manifest=str(Path(__file__).parents[1] / "src/napari_unetseg/napari.yaml")):
+        yield npe2pm
+
+
+def test_plugin_samples_widget_and_checkpoint_reader(
+    registered, make_napari_viewer, versions_root, notes, tiny_instance_checkpoint, tmp_path
+):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-unetseg", "nuclei-3d")
+    assert viewer.layers["nuclei 3D"].data.shape == (24, 192, 192)
+    assert tuple(viewer.layers["nuclei 3D"].scale) == (2, 1, 1)
+    viewer.open(str(tiny_instance_checkpoint), plugin="napari-unetseg")
+    assert len(viewer.layers) == 1  # opening a model adds no layer
+    _, widget = viewer.window.add_plugin_dock_widget("napari-unetseg", "U-Net Segmentation")
+    assert isinstance(widget, UNetSegWidget)
+    assert widget.models.current().key == str(tiny_instance_checkpoint)
+    assert widget.image.value.name == "nuclei 3D"
+    assert notes[-1][0] == "info" and "tiny-instance" in notes[-1][1]
+
+    broken = tmp_path / "broken.pt"
+    with zipfile.ZipFile(broken, "w") as archive:
+        archive.writestr("data.pkl", b"junk")
+    viewer.open(str(broken), plugin="napari-unetseg")
+    assert notes[-1][0] == "error" and "broken.pt" in notes[-1][1]
+
+
+def test_fine_tuning_out_of_memory_halves_the_batch(monkeypatch, tiny_instance_checkpoint):
+    from napari_unetseg._widget._jobs import FineTuneJob
+    from napari_unetseg.training import Trainer
+
+    real_step = Trainer._step
+
+    def step(self):
+        if self.config.batch_size > 1:
+            raise RuntimeError("CUDA out of memory")
+        return real_step(self)
+
+    monkeypatch.setattr(Trainer, "_step", step)
+    image, truth = small_2d()
+    job = FineTuneJob([image], [np.where(truth > 0, truth + 1, 1)], load_checkpoint(tiny_instance_checkpoint), 3, "cpu")
+    updates = []
+    run = job.run()
+    with pytest.raises(StopIteration) as end:
+        while True:
+            updates.append(next(run))
+    assert [u.note for u in updates if u.note] == [
+        "Out of memory on cpu: continuing with batch size 2.",
+        "Out of memory on cpu: continuing with batch size 1.",
+    ]
+    assert end.value.value.history[-1].iteration == 3
