@@ -11,7 +11,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 PADDING_MODES = ("same", "valid")
 UPSAMPLING_MODES = ("transpose", "bilinear")
