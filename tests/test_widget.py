@@ -540,3 +540,15 @@ def test_fine_tuning_out_of_memory_halves_the_batch(monkeypatch, tiny_instance_c
         "Out of memory on cpu: continuing with batch size 1.",
     ]
     assert end.value.value.history[-1].iteration == 3
+
+
+def test_unetseg_gui_opens_the_sample_with_the_widget_docked(qtbot):
+    from napari_unetseg._widget._launch import WIDGET, open_viewer
+
+    viewer = open_viewer(run=False)
+    try:
+        assert [layer.name for layer in viewer.layers] == ["nuclei 2D"]
+        docked = [name for name in viewer.window._dock_widgets]
+        assert any(WIDGET in name for name in docked), docked
+    finally:
+        viewer.close()

@@ -439,6 +439,32 @@ def _run_models(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- gui
+
+
+def _add_gui(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "gui",
+        help="open napari with the U-Net Segmentation widget and an image (default: sample nuclei)",
+        description="Open napari with the U-Net Segmentation widget docked and IMAGE, or the sample data, loaded.",
+    )
+    parser.add_argument("image", metavar="IMAGE", type=Path, nargs="?", help="image to open (default: sample data)")
+    parser.add_argument("--sample", choices=["nuclei-2d", "nuclei-3d"], default="nuclei-2d",
+                        help="sample to open when no IMAGE is given (default: nuclei-2d)")
+    parser.set_defaults(run=_run_gui)
+
+
+def _run_gui(args: argparse.Namespace) -> int:
+    if args.image is not None:
+        probe_image(args.image)
+    try:
+        from ._widget._launch import open_viewer
+    except ImportError as exc:
+        raise CliError(f"the viewer needs napari ({exc.name} is missing): pip install 'napari-unetseg[all]'") from None
+    open_viewer(args.image, args.sample)
+    return 0
+
+
 # --------------------------------------------------------------------------- devices
 
 
@@ -460,7 +486,7 @@ def _run_devices(args: argparse.Namespace) -> int:
 
 #: Each adds one sub-command to the parser; see the module docstring.
 COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
-    _add_segment, _add_train, _add_evaluate, _add_models, _add_devices
+    _add_segment, _add_train, _add_evaluate, _add_models, _add_devices, _add_gui
 )
 
 
