@@ -14,3 +14,14 @@ def test_core_imports_without_napari_or_qt():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_package_import_is_light_and_public_names_resolve():
+    code = (
+        "import sys, napari_unetseg as p, napari_unetseg._sample_data;"
+        "assert 'torch' not in sys.modules, 'torch imported eagerly';"
+        "assert callable(p.segment) and callable(p.train) and p.UNet.__name__ == 'UNet';"
+        "assert 'torch' in sys.modules"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
