@@ -90,3 +90,35 @@ def explain_devices() -> DeviceReport:
 def _mps_built() -> bool:
     backend = getattr(torch.backends, "mps", None)
     return bool(backend is not None and backend.is_built())
+
+
+CPU_BATCH_SIZE = 4
+_MAX_AUTO_BATCH = 64
+
+
+def activation_bytes(base_channels: int, tile_size: int, bytes_per_value: int = 2) -> int:
+    """Rough peak activation memory of one U-Net inference input of ``tile_size`` squared.
+
+    Kept skip features sum to about ``2 * base * tile**2`` values and a few full-resolution
+    tensors are live at once, so ``10 * base * tile**2`` values is a safe upper estimate.
+    """
+    return 10 * base_channels * tile_size**2 * bytes_per_value
+
+
+def fit_to_memory(
+    device: torch.device, base_channels: int, batch_size: int | None, tile_size: int, bytes_per_value: int = 2
+) -> tuple[int, int]:
+    """Batch and tile sizes that fit the free memory of ``device`` (half of it, leaving headroom).
+
+    ``batch_size=None`` asks for as large a batch as fits on a GPU (``CPU_BATCH_SIZE`` on a CPU).
+    On a GPU a requested tile that does not fit even alone is halved until it does.
+    """
+    if device.type != "cuda":
+        return batch_size or CPU_BATCH_SIZE, tile_size
+    free, _ = torch.cuda.mem_get_info(device)
+    budget = free // 2
+    while tile_size > 256 and activation_bytes(base_channels, tile_size, bytes_per_value) > budget:
+        tile_size //= 2
+    fits = max(1, int(budget // activation_bytes(base_channels, tile_size, bytes_per_value)))
+    wanted = _MAX_AUTO_BATCH if batch_size is None else batch_size
+    return max(1, min(wanted, fits)), tile_size
