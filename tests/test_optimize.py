@@ -5,7 +5,15 @@ import pytest
 import torch
 
 from napari_unetseg.model import UNet
-from napari_unetseg.optimize import FastModel, choose_precision, cpu_supports_bf16, fold_batchnorm
+from napari_unetseg.optimize import (
+    FastModel,
+    OnnxModel,
+    choose_precision,
+    cpu_supports_bf16,
+    fold_batchnorm,
+    make_fast_model,
+    onnxruntime_available,
+)
 
 
 def _trained_batchnorm_unet() -> UNet:
@@ -50,7 +58,21 @@ def test_reduced_precision_agrees_with_float32_labels():
 def test_precision_choice():
     cpu = torch.device("cpu")
     assert choose_precision(cpu, "float32") == torch.float32
-    assert choose_precision(cpu) == (torch.bfloat16 if cpu_supports_bf16() else torch.float32)
+    assert choose_precision(cpu) == torch.float32
     assert choose_precision(torch.device("cuda"), "auto") == torch.float16
     with pytest.raises(ValueError, match="precision"):
         choose_precision(cpu, "int8")
+
+
+def test_onnxruntime_backend_matches_pytorch_float32():
+    if not onnxruntime_available():
+        pytest.skip("onnxruntime is not installed")
+    model = _trained_batchnorm_unet()
+    cpu = torch.device("cpu")
+    runner = make_fast_model(model, cpu, "auto", "auto")
+    assert isinstance(runner, OnnxModel)
+    x = torch.rand(2, 1, 48, 80)
+    torch.testing.assert_close(runner(x), FastModel(model, cpu, "float32")(x), atol=1e-4, rtol=1e-4)
+    assert isinstance(make_fast_model(model, cpu, "bfloat16", "auto"), FastModel)
+    with pytest.raises(ValueError, match="float32 on the CPU"):
+        make_fast_model(model, cpu, "bfloat16", "onnxruntime")

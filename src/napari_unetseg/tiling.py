@@ -1,10 +1,12 @@
 """The overlap-tile strategy: cut a plane into network-sized tiles that together give seamless output.
 
 Each tile is fed with enough context around the part of its output that is kept, so a tiled
-plane matches the untiled result. The plane is mirror-padded at its border first, as in the
-paper. For ``"same"``-padded networks tile positions stay on the pooling grid (multiples of
-``2**depth``), so tiled and untiled outputs agree up to float rounding; ``"valid"`` networks
-consume their context themselves and get a mirrored margin of the receptive radius.
+plane matches the untiled result. ``"same"``-padded networks see the plane as it is (mirrored
+only up to a multiple of ``2**depth``), exactly as they were trained and as a plain
+whole-plane forward pass sees it; tiles at the image border reach the border, and tile
+positions stay on the pooling grid, so tiled and untiled outputs agree up to float rounding.
+``"valid"`` networks consume their context themselves and get a mirrored margin of the
+receptive radius, the paper's overlap-tile strategy.
 """
 
 from __future__ import annotations
@@ -85,12 +87,11 @@ def plan_tiles(model: UNet, height: int, width: int, tile_size: int) -> TilePlan
 def _plan_same_axis(model: UNet, length: int, tile_size: int) -> AxisPlan:
     step = 2**model.depth
     tile = max(step, tile_size // step * step)
-    border = step  # mirrored context at the image border
-    padded = math.ceil((length + 2 * border) / step) * step
-    crop = slice(border, border + length)
+    padded = math.ceil(length / step) * step
+    crop = slice(0, length)
     if padded <= tile:
         whole = slice(0, padded)
-        return AxisPlan(border, padded - length - border, padded, crop, [AxisTile(whole, whole, whole)])
+        return AxisPlan(0, padded - length, padded, crop, [AxisTile(whole, whole, whole)])
     margin = min(math.ceil(model.context_margin() / step) * step, (tile - step) // 2 // step * step)
     starts = [*range(0, padded - tile, tile - 2 * margin), padded - tile]  # last one flush with the end
     tiles = []
@@ -98,7 +99,7 @@ def _plan_same_axis(model: UNet, length: int, tile_size: int) -> AxisPlan:
         low = 0 if i == 0 else start + margin
         high = padded if i == len(starts) - 1 else start + tile - margin
         tiles.append(AxisTile(slice(start, start + tile), slice(low - start, high - start), slice(low, high)))
-    return AxisPlan(border, padded - length - border, padded, crop, tiles)
+    return AxisPlan(0, padded - length, padded, crop, tiles)
 
 
 def _plan_valid_axis(model: UNet, length: int, tile_size: int) -> AxisPlan:
