@@ -115,3 +115,87 @@ def test_probe_reports_stored_axes(tmp_path: Path):
     plain = probe_image(tmp_path / "plain.tif")
     assert plain.axes is None  # a bare stack does not say whether it is Z or T
     assert plain.shape == (3, 16, 16) and plain.dtype == np.uint8
+
+
+@pytest.mark.parametrize("shape", [(32, 48), (3, 32, 32)])
+def test_zarr_labels_round_trip(tmp_path: Path, shape: tuple[int, ...]):
+    labels = big_ids(shape)
+    path = write_labels(tmp_path / "labels.zarr", labels)
+    back = read_image(path)
+    assert isinstance(back, zarr.Array) and back.dtype == np.uint32
+    assert back.chunks == (1,) * (len(shape) - 2) + shape[-2:]  # one chunk per plane
+    np.testing.assert_array_equal(back[:], labels)
+    assert probe_image(path).shape == shape
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.zarr"]
+
+
+def test_zarr_output_replaces_only_zarr_stores(tmp_path: Path):
+    path = write_labels(tmp_path / "labels.zarr", np.ones((8, 8), np.uint32))
+    with pytest.raises(FileExistsError, match="already exists"):
+        write_labels(path, np.zeros((8, 8), np.uint32))
+    write_labels(path, np.full((8, 8), 7, np.uint32), overwrite=True)
+    np.testing.assert_array_equal(read_image(path)[:], 7)
+    folder = tmp_path / "mine.zarr"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("not a store")
+    with pytest.raises(FileExistsError, match="not a zarr store"):
+        write_labels(folder, np.ones((8, 8), np.uint32), overwrite=True)
+    assert (folder / "notes.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.zarr", "mine.zarr"]
+
+
+def test_failed_labels_output_leaves_nothing_behind(tmp_path: Path):
+    for name, in_memory in (("labels.zarr", None), ("labels.tif", False), ("small.tif", None)):
+        with pytest.raises(RuntimeError, match="stopped"):
+            with io.labels_output(tmp_path / name, (2, 8, 8), np.uint32, in_memory=in_memory) as out:
+                out[0] = 1
+                raise RuntimeError("stopped")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bigtiff_round_trip_streams_planes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    labels = big_ids((4, 32, 32))
+    source = io.create_labels_zarr(tmp_path / "source.zarr", labels.shape, labels.dtype)
+    source[:] = labels
+    read = []
+    monkeypatch.setattr(io, "BIGTIFF_THRESHOLD_BYTES", 0)
+
+    class Planes:  # a zarr array that records what is read from it
+        shape, dtype = source.shape, source.dtype
+
+        def __getitem__(self, key):
+            read.append(key)
+            return source[key]
+
+    path = write_labels(tmp_path / "labels.tif", Planes())
+    assert read == [(0,), (1,), (2,), (3,)]
+    with tifffile.TiffFile(path) as tif:
+        assert tif.is_bigtiff and len(tif.pages) == 4
+    back = read_image(path)
+    assert isinstance(back, zarr.Array)  # BigTIFF files are read lazily
+    np.testing.assert_array_equal(back[:], labels)
+
+
+@pytest.mark.parametrize("version", ["0.4", "0.5"])
+def test_ome_zarr_reads_the_full_resolution_level(tmp_path: Path, version: str):
+    image = np.arange(2 * 3 * 16 * 16, dtype=np.uint16).reshape(2, 3, 16, 16)
+    axes = [{"name": "c", "type": "channel"}] + [{"name": n, "type": "space"} for n in "zyx"]
+    multiscales = [{"version": version, "axes": axes, "datasets": [{"path": "s1"}, {"path": "s0"}]}]
+    group = zarr.open_group(str(tmp_path / "image.ome.zarr"), mode="w", zarr_format=2 if version == "0.4" else 3)
+    group.attrs.update({"multiscales": multiscales} if version == "0.4" else {"ome": {"multiscales": multiscales}})
+    group.create_array("s1", shape=image.shape, dtype=image.dtype)[:] = image  # listed first: full resolution
+    group.create_array("s0", shape=(2, 3, 8, 8), dtype=image.dtype)
+    back = read_image(tmp_path / "image.ome.zarr")
+    np.testing.assert_array_equal(back[:], image)
+    info = probe_image(tmp_path / "image.ome.zarr")
+    assert info.shape == image.shape and info.axes == "CZYX"
+
+
+def test_zarr_arrays_and_groups(tmp_path: Path):
+    zarr.create_array(store=str(tmp_path / "a.zarr"), shape=(3, 8, 8), dtype=np.uint8, dimension_names=["t", "y", "x"])
+    assert probe_image(tmp_path / "a.zarr").axes == "TYX"
+    group = zarr.open_group(str(tmp_path / "plain.zarr"), mode="w")
+    group.create_array("raw", shape=(8, 8), dtype=np.uint8)
+    with pytest.raises(ImageReadError, match="without OME-Zarr multiscales.*plain.zarr/raw"):
+        read_image(tmp_path / "plain.zarr")
+    assert read_image(tmp_path / "plain.zarr" / "raw").shape == (8, 8)

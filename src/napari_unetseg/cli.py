@@ -1,4 +1,4 @@
-"""The ``unetseg`` command line: segment TIFF files, score a segmentation, report devices.
+"""The ``unetseg`` command line: segment TIFF and zarr images, score a segmentation, report devices.
 
 Only argument handling lives here; the work is done by :mod:`.io`, :mod:`.inference` and
 :mod:`.metrics`. Bad input ends with one ``unetseg: error: ...`` line on stderr and exit status
@@ -13,24 +13,36 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
 from . import __version__
 from .checkpoint import Checkpoint
 from .device import DEVICE_CHOICES, DeviceUnavailableError, explain_devices, get_device
-from .inference import parse_axes, segment
-from .io import probe_image, read_image, write_labels
+from .inference import AxesLayout, labels_spec, parse_axes, segment
+from .io import (
+    LARGE_RESULT_BYTES,
+    ZARR_SUFFIX,
+    ImageReadError,
+    is_zarr_store,
+    labels_output,
+    probe_image,
+    read_image,
+)
 from .metrics import MODES, evaluate
 from .models import DEFAULT_MODEL, resolve_model
-from .optimize import PRECISIONS
+from .optimize import BACKENDS, PRECISIONS
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -66,9 +78,9 @@ def _class_pair(text: str) -> tuple[int, int]:
 
 
 def _stem(path: Path) -> str:
-    """File name without its image suffix(es): ``cells.ome.tif`` -> ``cells``."""
+    """File name without its image suffix(es): ``cells.ome.tif`` -> ``cells``, ``em.ome.zarr`` -> ``em``."""
     name = path.name
-    for suffix in (".tif", ".tiff", ".ome"):
+    for suffix in (".tif", ".tiff", ZARR_SUFFIX, ".ome"):
         if name.lower().endswith(suffix):
             name = name[: -len(suffix)]
     return name or path.stem
@@ -154,25 +166,31 @@ def _tifffile_warnings() -> Iterator[None]:
 def _add_segment(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "segment",
-        help="segment TIFF images, writing one label TIFF per input",
+        help="segment TIFF or zarr images, here or on a dask cluster, writing one label image per input",
         description=(
-            "Segment each INPUT with a U-Net and write its labels as a TIFF: instance ids (uint32) "
-            "for instance models, class values 1..K for semantic models. All inputs and outputs are "
-            "checked before the first image is processed."
+            "Segment each INPUT with a U-Net and write its labels as a TIFF or a zarr store: instance ids "
+            "(uint32) for instance models, class values 1..K for semantic models. Stacks larger than memory "
+            "are read and written plane by plane. All inputs and outputs are checked before the first image "
+            "is processed."
         ),
         epilog=(
             "examples:\n"
             "  unetseg segment cells.tif -o cells_labels.tif --model nuclei.pt\n"
             "  unetseg segment a.tif b.tif -o results/ --model nuclei.pt   # results/a_labels.tif, ...\n"
-            "  unetseg segment stack.tif -o stack_labels.tif --model nuclei.pt --axes ZYX --stitch-z"
+            "  unetseg segment stack.tif -o stack_labels.tif --model nuclei.pt --axes ZYX --stitch-z\n"
+            "  unetseg segment volume.ome.zarr -o volume_labels.zarr --model nuclei.pt --workers 4\n"
+            "  unetseg segment volume.ome.zarr -o volume_labels.zarr --scheduler tcp://10.0.0.5:8786"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", type=Path, help="TIFF image(s) to segment")
+    parser.add_argument(
+        "inputs", nargs="+", metavar="INPUT", type=Path,
+        help="TIFF image(s), zarr array(s) or OME-Zarr image(s) (the full-resolution level is used)",
+    )
     parser.add_argument(
         "-o", "--output", required=True, type=Path,
-        help="output .tif for a single input, or a folder that gets <name>_labels.tif per input "
-        "(created if missing)",
+        help="output .tif or .zarr for a single input, or a folder that gets <name>_labels.tif per input "
+        f"(<name>_labels.zarr for results over {LARGE_RESULT_BYTES >> 30} GiB; created if missing)",
     )
     parser.add_argument(
         "-m", "--model", default=DEFAULT_MODEL,
@@ -189,7 +207,13 @@ def _add_segment(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--precision", choices=PRECISIONS, default="auto",
-        help="auto = bfloat16 on capable CPUs, float16 on CUDA, else float32 (default: auto)",
+        help="auto = float16 on CUDA, else float32; bfloat16 is faster on CPUs that support it but may "
+        "move a few object outlines (default: auto)",
+    )
+    parser.add_argument(
+        "--backend", choices=BACKENDS, default="auto",
+        help="auto = ONNX Runtime for float32 on the CPU when installed (pip install 'napari-unetseg[onnx]'), "
+        "else PyTorch (default: auto)",
     )
     parser.add_argument(
         "--axes",
@@ -197,27 +221,45 @@ def _add_segment(commands: argparse._SubParsersAction) -> None:
         "stored in the file, else inferred (Z before YX, T before Z, a last axis of 3 or 4 is RGB)",
     )
     parser.add_argument("--stitch-z", action="store_true", help="link objects across Z slices into 3D objects")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    cluster = parser.add_mutually_exclusive_group()
+    cluster.add_argument(
+        "--scheduler", metavar="ADDRESS",
+        help="run on the dask.distributed cluster of this scheduler (e.g. tcp://10.0.0.5:8786); its workers "
+        "must see the inputs, the outputs and the model file at the same paths",
+    )
+    cluster.add_argument(
+        "--workers", type=_positive_int, metavar="N",
+        help="run on N dask.distributed worker processes started on this machine",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("-q", "--quiet", action="store_true", help="print nothing unless something fails")
     parser.set_defaults(run=_run_segment)
 
 
-def _plan_outputs(inputs: list[Path], output: Path, overwrite: bool) -> list[tuple[Path, Path]]:
-    """Pair every input with its output file; refuse clashes and existing files before any work."""
-    single_file = len(inputs) == 1 and output.suffix.lower() in TIFF_SUFFIXES and not output.is_dir()
-    if single_file:
+def _plan_outputs(
+    inputs: list[Path], output: Path, overwrite: bool, sizes: Sequence[int]
+) -> list[tuple[Path, Path]]:
+    """Pair every input with its output; refuse clashes and existing outputs before any work.
+
+    ``sizes`` (bytes of each input's labels) choose TIFF or zarr when ``output`` is a folder.
+    """
+    suffix = output.suffix.lower()
+    if suffix == ZARR_SUFFIX or (suffix in TIFF_SUFFIXES and not output.is_dir()):
+        if len(inputs) > 1:
+            raise CliError(f"{len(inputs)} inputs need a folder as output, not the file name {output}")
         jobs = [(inputs[0], output)]
     else:
-        if output.suffix.lower() in TIFF_SUFFIXES and not output.is_dir():
-            raise CliError(f"{len(inputs)} inputs need a folder as output, not the file name {output}")
         if output.suffix and not output.is_dir():
             raise CliError(
-                f"{output}: labels are written as TIFF; end the file name in .tif, or give a folder "
-                "(an existing one, or a name without a suffix)"
+                f"{output}: labels are written as TIFF or zarr; end the file name in .tif or .zarr, or give "
+                "a folder (an existing one, or a name without a suffix)"
             )
         if output.exists() and not output.is_dir():
             raise CliError(f"{output} is a file; the output must be a folder")
-        jobs = [(src, output / f"{_stem(src)}_labels.tif") for src in inputs]
+        jobs = [
+            (src, output / f"{_stem(src)}_labels{ZARR_SUFFIX if size > LARGE_RESULT_BYTES else '.tif'}")
+            for src, size in zip(inputs, sizes)
+        ]
     claimed: dict[Path, Path] = {}
     sources = {src.resolve() for src in inputs}
     for src, dst in jobs:
@@ -227,7 +269,7 @@ def _plan_outputs(inputs: list[Path], output: Path, overwrite: bool) -> list[tup
         claimed[key] = src
         if key in sources:
             raise CliError(f"output {dst} is one of the inputs; choose another output")
-        if dst.is_dir():
+        if dst.is_dir() and not (dst.suffix.lower() == ZARR_SUFFIX and is_zarr_store(dst)):
             raise CliError(f"output {dst} is a folder")
         if dst.exists() and not overwrite:
             raise FileExistsError(f"{dst} already exists; use --overwrite to replace it")
@@ -246,44 +288,72 @@ def _check_writable_folder(folder: Path) -> None:
         raise CliError(f"{existing}: permission denied (cannot write output there)")
 
 
+@contextmanager
+def _cluster_client(args: argparse.Namespace) -> Iterator[Client | None]:
+    """A dask.distributed client for ``--scheduler`` or ``--workers``; None to segment in this process."""
+    if args.scheduler is None and args.workers is None:
+        yield None
+        return
+    try:
+        from .distributed import connect, local_client
+    except ImportError as exc:
+        raise CliError(
+            f"--scheduler and --workers need dask.distributed ({exc.name} is not installed): "
+            "pip install 'napari-unetseg[distributed]'"
+        ) from None
+    with connect(args.scheduler) if args.scheduler is not None else local_client(args.workers) as client:
+        yield client
+
+
+def _segment_into(
+    out: Any, src: Path, layout: AxesLayout, checkpoint: Checkpoint, client: Client | None, device: Any,
+    args: argparse.Namespace, progress: ProgressBar,
+) -> None:
+    """Segment ``src`` into ``out``: in this process, or as tasks on the cluster of ``client``."""
+    options = {
+        "axes": layout.axes, "device": device, "batch_size": args.batch_size, "tile_size": args.tile_size,
+        "precision": args.precision, "backend": args.backend, "stitch_z": args.stitch_z, "progress": progress,
+    }
+    if client is None:
+        segment(read_image(src), checkpoint, out=out, **options)
+        return
+    from .distributed import segment_distributed
+
+    segment_distributed(src, out, checkpoint, client, **options)
+
+
 def _run_segment(args: argparse.Namespace) -> int:
     infos = [probe_image(src) for src in args.inputs]
-    axes = [args.axes or info.axes for info in infos]
-    for src, info, layout in zip(args.inputs, infos, axes):
+    layouts = []
+    for src, info in zip(args.inputs, infos):
         try:
-            parse_axes(info.shape, layout)
+            layouts.append(parse_axes(info.shape, args.axes or info.axes))
         except ValueError as exc:
             raise CliError(f"{src}: {exc}") from None
-    jobs = _plan_outputs(args.inputs, args.output, args.overwrite)
-    device = get_device(args.device)
+    # the workers of a remote scheduler choose their device; this machine need not have it
+    device: Any = args.device if args.scheduler is not None else get_device(args.device)
     checkpoint = _load_model(args.model)
-    for _, dst in jobs:
-        dst.parent.mkdir(parents=True, exist_ok=True)
-    for number, ((src, dst), layout) in enumerate(zip(jobs, axes), start=1):
-        started = time.monotonic()
-        label = src.name if len(jobs) == 1 else f"({number}/{len(jobs)}) {src.name}"
-        bar = ProgressBar(label, sys.stderr, enabled=not args.quiet)
-        image = read_image(src)
-        try:
-            labels = segment(
-                image,
-                checkpoint,
-                axes=layout,
-                device=device,
-                batch_size=args.batch_size,
-                tile_size=args.tile_size,
-                precision=args.precision,
-                stitch_z=args.stitch_z,
-                progress=bar,
-            )
-        except ValueError as exc:  # e.g. the model needs another number of channels
-            raise CliError(f"{src}: {_one_line(exc)}") from None
-        finally:
-            bar.close()
-        write_labels(dst, labels, overwrite=args.overwrite)
-        if not args.quiet:
-            shape = "x".join(map(str, labels.shape))
-            print(f"wrote {dst} ({shape} {labels.dtype}, {time.monotonic() - started:.1f}s)", file=sys.stderr)
+    specs = [labels_spec(info.shape, layout, checkpoint.info.mode) for info, layout in zip(infos, layouts)]
+    jobs = _plan_outputs(args.inputs, args.output, args.overwrite, [math.prod(s) * d.itemsize for s, d in specs])
+    with _cluster_client(args) as client:
+        for number, ((src, dst), layout, (shape, dtype)) in enumerate(zip(jobs, layouts, specs), start=1):
+            started = time.monotonic()
+            label = src.name if len(jobs) == 1 else f"({number}/{len(jobs)}) {src.name}"
+            bar = ProgressBar(label, sys.stderr, enabled=not args.quiet)
+            # cluster workers write into a store; in this process small results stay in memory
+            in_memory = False if client is not None else None
+            try:
+                with labels_output(dst, shape, dtype, overwrite=args.overwrite, in_memory=in_memory) as out:
+                    _segment_into(out, src, layout, checkpoint, client, device, args, bar)
+            except ImageReadError:
+                raise
+            except ValueError as exc:  # e.g. the model needs another number of channels
+                raise CliError(f"{src}: {_one_line(exc)}") from None
+            finally:
+                bar.close()
+            if not args.quiet:
+                shape_text = "x".join(map(str, shape))
+                print(f"wrote {dst} ({shape_text} {dtype}, {time.monotonic() - started:.1f}s)", file=sys.stderr)
     return 0
 
 

@@ -3,7 +3,8 @@
 The engine is a generator (:func:`iter_segment`) that yields after each batch, so a GUI worker
 can show progress and stop at any yield; :func:`segment` runs it to the end for scripts and
 the command line. Images may be numpy, dask or zarr arrays: only one batch of planes is read
-at a time.
+at a time, and with ``segment(..., out=zarr_array)`` only one batch of labels is held, so stacks
+larger than memory stream from disk to disk. :mod:`.distributed` runs the same engine on a cluster.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ import numpy as np
 import torch
 
 from .checkpoint import Checkpoint
-from .device import get_device
+from .device import fit_to_memory, get_device
 from .normalize import normalize_plane
-from .optimize import FastModel
-from .postprocess import probabilities_to_classes, probabilities_to_instances, stitch_slices
+from .optimize import make_fast_model
+from .postprocess import link_to_previous, probabilities_to_classes, probabilities_to_instances
 from .tiling import TilePlan, plan_tiles
 
 SPATIAL_AXES = "YX"
@@ -104,21 +105,30 @@ def resolve_checkpoint(model: Checkpoint | str | os.PathLike) -> Checkpoint:
 
 
 class PlanePredictor:
-    """Runs a checkpoint's network on normalised planes, tiling planes larger than ``tile_size``."""
+    """Runs a checkpoint's network on normalised planes, tiling planes larger than ``tile_size``.
+
+    On a GPU, batch and tile sizes shrink to fit its free memory; ``batch_size=None`` takes the
+    largest batch that fits (4 on a CPU).
+    """
 
     def __init__(
         self,
         checkpoint: Checkpoint,
         device: str | torch.device = "auto",
-        batch_size: int = 4,
+        batch_size: int | None = 4,
         tile_size: int = 1024,
         precision: str = "auto",
+        backend: str = "torch",
     ) -> None:
         self.checkpoint = checkpoint
         self.network = checkpoint.model
-        self.fast = FastModel(self.network, get_device(device), precision)
+        self.fast = make_fast_model(self.network, get_device(device), precision, backend)
+        value_bytes = 4 if self.fast.dtype == torch.float32 else 2
+        batch_size, tile_size = fit_to_memory(
+            self.fast.device, self.network.config["base_channels"], batch_size, int(tile_size), value_bytes
+        )
         self.batch_size = max(1, int(batch_size))
-        self.tile_size = int(tile_size)
+        self.tile_size = tile_size
 
     @property
     def device(self) -> torch.device:
@@ -184,49 +194,85 @@ def _read_plane(image: Any, layout: AxesLayout, index: tuple[int, ...]) -> np.nd
     return np.moveaxis(plane, remaining.index("C"), 0)
 
 
+def planes_per_batch(network: torch.nn.Module, height: int, width: int, batch_size: int, tile_size: int) -> int:
+    """Planes of ``height`` x ``width`` that go through the network together (``batch_size`` tiles' worth, >= 1)."""
+    return max(1, max(1, int(batch_size)) // len(plan_tiles(network, height, width, int(tile_size)).tiles))
+
+
+def predict_planes(
+    image: Any, layout: AxesLayout, predictor: PlanePredictor, order: Sequence[tuple[int, ...]]
+) -> Iterator[list[PlaneResult]]:
+    """Labels of the planes in ``order``, one network batch at a time; instance ids start at 1 in every plane.
+
+    Batches start at multiples of :func:`planes_per_batch` within ``order``, so a caller that cuts
+    the planes into runs of such multiples (e.g. cluster tasks) feeds the network identical batches.
+    """
+    height, width = image.shape[layout.axes.index("Y")], image.shape[layout.axes.index("X")]
+    plan = predictor.plan(height, width)
+    per_batch = planes_per_batch(predictor.network, height, width, predictor.batch_size, predictor.tile_size)
+    for start in range(0, len(order), per_batch):
+        indices = order[start : start + per_batch]
+        prepared = [predictor.prepare(_read_plane(image, layout, index)) for index in indices]
+        ready = [p for p in prepared if p is not None]
+        probabilities = iter(predictor.probabilities(ready) if ready else [])
+        results = []
+        for index, plane in zip(indices, prepared):
+            labels = predictor.blank_labels(plan.shape) if plane is None else predictor.labels(next(probabilities))
+            results.append(PlaneResult(index, labels))
+        yield results
+
+
 def iter_segment(
     image: Any,
     model: Checkpoint | str | os.PathLike,
     *,
     axes: str | None = None,
     device: str | torch.device = "auto",
-    batch_size: int = 4,
+    batch_size: int | None = 4,
     tile_size: int = 1024,
     precision: str = "auto",
+    backend: str = "torch",
     plane_order: Iterable[tuple[int, ...]] | None = None,
 ) -> Iterator[BatchProgress]:
     """Segment every 2D plane, yielding a :class:`BatchProgress` after each batch.
 
     Instance ids are unique across all planes yielded (each plane continues after the highest id
     so far). ``plane_order`` lets a caller go first through the plane on screen. ``precision``
-    ``"auto"`` uses bfloat16 on CPUs with native support and float16 on CUDA; ``"float32"`` forces
-    full precision.
+    ``"auto"`` is float16 on CUDA and float32 elsewhere (``"bfloat16"`` on request); ``backend``
+    ``"auto"`` runs float32 CPU work with ONNX Runtime when it is installed (see :mod:`.optimize`);
+    it exports the network first (a second or two), so it pays for stacks, not single planes.
     """
     layout = parse_axes(image.shape, axes)
-    predictor = PlanePredictor(resolve_checkpoint(model), device, batch_size, tile_size, precision)
+    predictor = PlanePredictor(resolve_checkpoint(model), device, batch_size, tile_size, precision, backend)
     plane_shape = tuple(image.shape[layout.axes.index(a)] for a in layout.plane_axes)
     order = list(plane_order) if plane_order is not None else list(np.ndindex(*plane_shape))
-    plan = predictor.plan(image.shape[layout.axes.index("Y")], image.shape[layout.axes.index("X")])
-    planes_per_batch = max(1, predictor.batch_size // len(plan.tiles))
     next_id = 0
     done = 0
-    for start in range(0, len(order), planes_per_batch):
-        indices = order[start : start + planes_per_batch]
-        prepared = [predictor.prepare(_read_plane(image, layout, index)) for index in indices]
-        ready = [p for p in prepared if p is not None]
-        probabilities = iter(predictor.probabilities(ready) if ready else [])
-        results = []
-        for index, plane in zip(indices, prepared):
-            if plane is None:
-                labels = predictor.blank_labels(plan.shape)
-            else:
-                labels = predictor.labels(next(probabilities))
-                if labels.dtype == np.uint32:
-                    labels[labels > 0] += np.uint32(next_id)
-                    next_id = max(next_id, int(labels.max()))
-            results.append(PlaneResult(index, labels))
-        done += len(indices)
+    for results in predict_planes(image, layout, predictor, order):
+        for plane in results:
+            if plane.labels.dtype == np.uint32 and plane.labels.size:
+                plane.labels[plane.labels > 0] += np.uint32(next_id)
+                next_id = max(next_id, int(plane.labels.max()))
+        done += len(results)
         yield BatchProgress(done, len(order), results)
+
+
+def labels_spec(image_shape: Sequence[int], layout: AxesLayout, mode: str) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of the labels of an image: its shape minus the channel axis; uint32 ids or uint8 classes."""
+    shape = tuple(int(n) for n, a in zip(image_shape, layout.axes) if a != "C")
+    return shape, np.dtype(np.uint32 if mode == "instance" else np.uint8)
+
+
+def stitch_plane(out: Any, index: tuple[int, ...], labels: np.ndarray, z_axis: int | None) -> np.ndarray:
+    """``labels`` of plane ``index`` linked to the plane before it along plane axis ``z_axis``, read from ``out``.
+
+    Planes must arrive in order along Z, each written to ``out`` before the next: then linking
+    pair by pair gives what :func:`~.postprocess.stitch_slices` gives on the whole stack.
+    """
+    if z_axis is None or index[z_axis] == 0:
+        return labels
+    previous = index[:z_axis] + (index[z_axis] - 1,) + index[z_axis + 1 :]
+    return link_to_previous(np.asarray(out[previous]), labels)
 
 
 def segment(
@@ -235,25 +281,35 @@ def segment(
     *,
     axes: str | None = None,
     device: str | torch.device = "auto",
-    batch_size: int = 4,
+    batch_size: int | None = 4,
     tile_size: int = 1024,
     precision: str = "auto",
+    backend: str = "torch",
     stitch_z: bool = False,
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
-) -> np.ndarray:
+    out: Any = None,
+) -> Any:
     """Labels for ``image`` with the image's shape minus any channel axis.
 
     ``instance`` models give uint32 object ids unique in the whole result; ``semantic`` models a
     class map (label k = class k). ``stitch_z`` links objects across Z slices. ``progress(done,
     total)`` is called after each batch; ``should_stop()`` is checked between batches and raises
     :class:`SegmentationCancelled` when true.
+
+    ``out`` (e.g. a zarr array from :func:`~.io.create_labels_zarr`) receives each batch's planes as
+    soon as they are done and is returned, so memory stays bounded by one batch however large the
+    stack; by default a new numpy array is returned.
     """
     layout = parse_axes(image.shape, axes)
     checkpoint = resolve_checkpoint(model)
-    out_shape = tuple(image.shape[i] for i, a in enumerate(layout.axes) if a != "C")
-    dtype = np.uint32 if checkpoint.info.mode == "instance" else np.uint8
-    result = np.zeros(out_shape, dtype)
+    shape, dtype = labels_spec(image.shape, layout, checkpoint.info.mode)
+    if out is None:
+        out = np.zeros(shape, dtype)
+    elif tuple(out.shape) != shape:
+        raise ValueError(f"the output has shape {tuple(out.shape)}, the labels of this image need {shape}")
+    stitch = stitch_z and "Z" in layout.plane_axes and checkpoint.info.mode == "instance"
+    z_axis = layout.plane_axes.index("Z") if stitch else None
     for step in iter_segment(
         image,
         checkpoint,
@@ -262,14 +318,12 @@ def segment(
         batch_size=batch_size,
         tile_size=tile_size,
         precision=precision,
+        backend=backend,
     ):
         for plane in step.planes:
-            result[plane.index] = plane.labels
+            out[plane.index] = stitch_plane(out, plane.index, plane.labels, z_axis)
         if progress is not None:
             progress(step.done, step.total)
         if should_stop is not None and should_stop() and step.done < step.total:
             raise SegmentationCancelled
-    if stitch_z and "Z" in layout.output_axes() and checkpoint.info.mode == "instance":
-        result = stitch_slices(result, axis=layout.output_axes().index("Z") - len(out_shape))
-    return result
-
+    return out

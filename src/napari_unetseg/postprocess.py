@@ -57,12 +57,16 @@ def stitch_slices(labels: np.ndarray, iou_threshold: float = 0.25, axis: int = -
     for lead in np.ndindex(*lead_shape):
         volume = out[lead]
         for z in range(1, volume.shape[0]):
-            volume[z] = _link_to_previous(volume[z - 1], volume[z], iou_threshold)
+            volume[z] = link_to_previous(volume[z - 1], volume[z], iou_threshold)
     return np.moveaxis(out, -3, axis)
 
 
-def _link_to_previous(previous: np.ndarray, current: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """Relabel ``current`` so objects overlapping an object of ``previous`` take its id."""
+def link_to_previous(previous: np.ndarray, current: np.ndarray, iou_threshold: float = 0.25) -> np.ndarray:
+    """Relabel ``current`` so objects overlapping an object of ``previous`` take its id.
+
+    One step of :func:`stitch_slices`, public so results streamed to disk can be linked slice pair
+    by slice pair without holding the stack in memory.
+    """
     both = (previous > 0) & (current > 0)
     if not both.any():
         return current

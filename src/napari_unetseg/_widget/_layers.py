@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -9,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui.widgets import Label
+
+from ..io import LARGE_RESULT_BYTES, temporary_labels_zarr
 
 if TYPE_CHECKING:
     import napari
@@ -118,6 +121,24 @@ def layers_of_type(viewer: napari.Viewer, kind: str) -> list[napari.layers.Layer
     return [layer for layer in reversed(viewer.layers) if isinstance(layer, cls)]
 
 
+def blank_labels(shape: tuple[int, ...], dtype: np.dtype) -> Any:
+    """Zeros for a labels layer: numpy, or past :data:`~..io.LARGE_RESULT_BYTES` a zarr array on disk.
+
+    The zarr store lives in a temporary folder deleted with the array, so a stack larger than
+    memory can be segmented into a layer that napari reads plane by plane.
+    """
+    if math.prod(shape) * np.dtype(dtype).itemsize > LARGE_RESULT_BYTES:
+        return temporary_labels_zarr(shape, dtype)
+    return np.zeros(shape, dtype)
+
+
+def largest_label(data: Any) -> int:
+    """The highest value in a layer's data (numpy or zarr), reading a zarr array one plane at a time."""
+    if isinstance(data, np.ndarray):
+        return int(data.max()) if data.size else 0
+    return max((int(np.asarray(data[index]).max()) for index in np.ndindex(*data.shape[:-2])), default=0)
+
+
 class OwnedLayers:
     """The layers this widget made, by role and image, so it never writes into a layer the user made.
 
@@ -148,14 +169,14 @@ class OwnedLayers:
         shape = source.spatial_shape
         if layer is None:
             layer = self.viewer.add_labels(
-                np.zeros(shape, dtype),
+                blank_labels(shape, dtype),
                 name=f"{source.name} labels",
                 **source.geometry,
                 metadata={METADATA_KEY: {"role": "labels", "image": source.name}},
             )
             self._own("labels", source, layer)
         elif layer.data.shape != shape or np.dtype(layer.data.dtype) != np.dtype(dtype):
-            layer.data = np.zeros(shape, dtype)
+            layer.data = blank_labels(shape, dtype)
         elif clear:
             layer.data[...] = 0
             layer.refresh()
@@ -183,7 +204,7 @@ class OwnedLayers:
 
 
 def write_planes(layer: napari.layers.Layer, planes: list[tuple[tuple[int, ...], np.ndarray]]) -> None:
-    """Write finished planes into a layer's (numpy) data and redraw it."""
+    """Write finished planes into a layer's data (numpy or zarr) and redraw it."""
     for index, values in planes:
         layer.data[index] = values
     layer.refresh()

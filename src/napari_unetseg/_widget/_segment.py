@@ -9,7 +9,7 @@ from magicgui.widgets import CheckBox, Container, ProgressBar, PushButton, SpinB
 
 from ..checkpoint import CheckpointError
 from ._jobs import JobFailed, SegmentOutcome, SegmentUpdate, segment_job
-from ._layers import Note, UserError, current_plane, find_layer, image_source, notify, write_planes
+from ._layers import Note, UserError, current_plane, find_layer, image_source, largest_label, notify, write_planes
 
 if TYPE_CHECKING:
     from ._main import UNetSegWidget
@@ -86,11 +86,14 @@ class SegmentPanel(Container):
         id_offset = 0
         if single:
             labels.data[here] = 0
-            id_offset = int(labels.data.max()) if instance else 0
+            id_offset = largest_label(labels.data) if instance else 0
         else:
             done.clear()
         out_axes = source.axes.replace("C", "")
         stitch = self.stitch_z.value and instance and not single and "Z" in out_axes
+        if stitch and not isinstance(labels.data, np.ndarray):  # the job links in memory: not for a zarr layer
+            stitch = False
+            notify("info", "Objects are not linked across Z for results this large; 'unetseg segment --stitch-z' can.")
         job = segment_job(
             source.data,
             checkpoint,
