@@ -178,12 +178,11 @@ class FineTunePanel(Container):
     def fine_tune(self, *_: object) -> None:
         """Fine-tune the chosen model on every annotated plane (a snapshot), in a worker."""
         host = self.host
-        if host.busy():
-            notify("info", "Another job is running: wait for it or stop it first.")
+        inputs = host.job_inputs()
+        if inputs is None:
             return
+        layer, source, checkpoint = inputs
         try:
-            layer = host.image.value
-            source = image_source(layer)
             annotation = self.annotations.value
             if annotation is None:
                 raise UserError("There is no annotation layer: click New annotations (or From result) and paint.")
@@ -197,12 +196,8 @@ class FineTunePanel(Container):
                 raise UserError(
                     f"Nothing is painted in '{annotation.name}' yet: paint some background (1) and objects or classes."
                 )
-            checkpoint = host.models.checkpoint()
         except UserError as exc:
             notify("warning", str(exc))
-            return
-        except CheckpointError as exc:
-            notify("error", str(exc))
             return
         entry = host.models.current()
         here = current_plane(host.viewer, source, layer)
@@ -336,19 +331,10 @@ class FineTunePanel(Container):
     def where_to_annotate(self, *_: object) -> None:
         """Add "<image> uncertainty": where the model hesitates (entropy), the best places to paint next."""
         host = self.host
-        if host.busy():
-            notify("info", "Another job is running: wait for it or stop it first.")
+        inputs = host.job_inputs()
+        if inputs is None:
             return
-        try:
-            layer = host.image.value
-            source = image_source(layer)
-            checkpoint = host.models.checkpoint()
-        except UserError as exc:
-            notify("warning", str(exc))
-            return
-        except CheckpointError as exc:
-            notify("error", str(exc))
-            return
+        layer, source, checkpoint = inputs
         target = host.owned.uncertainty(source)
         order = source.all_planes(first=current_plane(host.viewer, source, layer))
         self._context = {"uncertainty_id": target.unique_id, "source": source}

@@ -6,10 +6,10 @@ from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import ComboBox, Container, Label, ProgressBar, PushButton
 
-from ..checkpoint import CheckpointError
+from ..checkpoint import Checkpoint, CheckpointError
 from ..device import explain_devices
 from ._finetune import FineTunePanel
-from ._layers import Note, OwnedLayers, layers_of_type
+from ._layers import ImageSource, Note, OwnedLayers, UserError, image_source, layers_of_type, notify
 from ._models import ModelPicker
 from ._runner import JobRunner
 from ._segment import SegmentPanel
@@ -77,6 +77,24 @@ class UNetSegWidget(Container):
     def busy(self) -> bool:
         """Whether a segmentation, fine-tuning or uncertainty job is running."""
         return any(runner.running for runner in self._runners)
+
+    def job_inputs(self) -> tuple[Any, ImageSource, Checkpoint] | None:
+        """The chosen image layer, its planes and the chosen model for a new job.
+
+        ``None`` (after a notification saying why) when a job is running, no image is chosen or
+        the model does not load.
+        """
+        if self.busy():
+            notify("info", "Another job is running: wait for it or stop it first.")
+            return None
+        try:
+            layer = self.image.value
+            return layer, image_source(layer), self.models.checkpoint()
+        except UserError as exc:
+            notify("warning", str(exc))
+        except CheckpointError as exc:
+            notify("error", str(exc))
+        return None
 
     def _model_changed(self, *_: object) -> None:
         try:

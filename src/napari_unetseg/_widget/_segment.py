@@ -7,9 +7,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui.widgets import CheckBox, Container, ProgressBar, PushButton, SpinBox
 
-from ..checkpoint import CheckpointError
 from ._jobs import JobFailed, SegmentOutcome, SegmentUpdate, segment_job
-from ._layers import Note, UserError, current_plane, find_layer, image_source, largest_label, notify, write_planes
+from ._layers import Note, current_plane, find_layer, largest_label, notify, write_planes
 
 if TYPE_CHECKING:
     from ._main import UNetSegWidget
@@ -67,16 +66,10 @@ class SegmentPanel(Container):
     def run(self, *_: object) -> None:
         """Start segmenting the chosen image (or its plane on screen) with the chosen model."""
         host = self.host
-        if host.busy():
-            notify("info", "Another job is running: wait for it or stop it first.")
+        inputs = host.job_inputs()
+        if inputs is None:
             return
-        try:
-            layer = host.image.value
-            source = image_source(layer)
-            checkpoint = host.models.checkpoint()
-        except (UserError, CheckpointError) as exc:
-            notify("warning" if isinstance(exc, UserError) else "error", str(exc))
-            return
+        layer, source, checkpoint = inputs
         instance = checkpoint.info.mode == "instance"
         here = current_plane(host.viewer, source, layer)
         single = self.this_slice.value and bool(source.plane_shape)
