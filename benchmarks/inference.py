@@ -1,0 +1,276 @@
+"""Inference throughput and peak memory: our engine against the naive per-slice loop, MONAI and ONNX Runtime.
+
+    python benchmarks/inference.py                      # 512 and 2048 px planes, 32 slices, auto device
+    python benchmarks/inference.py --sizes 512 --slices 32 --device cpu
+
+Every row runs the same weights (the built-in model, ``--model``) on the same synthetic nuclei stack
+in this process. The naive baseline is what a plain PyTorch script does: a loop over slices,
+batch 1, float32, default memory format, ``torch.no_grad``. Each optimised row's labels are
+checked against the baseline's (pixel agreement and instance F1 at IoU 0.5). The last line is
+``speedup_vs_naive=<x>`` for 512x512 planes on the device in use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import platform
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from napari_unetseg.device import get_device
+from napari_unetseg.inference import PlanePredictor, segment
+from napari_unetseg.metrics import object_matching
+from napari_unetseg.models import resolve_model
+from napari_unetseg.normalize import normalize_plane
+from napari_unetseg.optimize import cpu_supports_bf16, make_fast_model
+
+DEFAULT = "unetseg default (auto)"
+from napari_unetseg.synthetic import synthetic_nuclei_2d
+
+
+class PeakMemory:
+    """Samples process RSS (and CUDA max allocated) in a thread while a block runs."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.peak_rss = 0
+        self._running = False
+
+    @staticmethod
+    def rss() -> int:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        return 0
+
+    def _sample(self) -> None:
+        while self._running:
+            self.peak_rss = max(self.peak_rss, self.rss())
+            time.sleep(0.005)
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        self._running = True
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._running = False
+        self._thread.join()
+        self.peak_rss = max(self.peak_rss, self.rss())
+
+    @property
+    def cuda_peak(self) -> int:
+        return torch.cuda.max_memory_allocated() if self.device.type == "cuda" else 0
+
+
+def make_stack(size: int, slices: int, seed: int = 0) -> np.ndarray:
+    """A (slices, size, size) uint16 stack of synthetic nuclei planes."""
+    tile = 256 if size >= 256 else size
+    rng = np.random.default_rng(seed)
+    stack = np.empty((slices, size, size), np.uint16)
+    for z in range(slices):
+        reps = -(-size // tile)
+        blocks = [
+            [np.clip(synthetic_nuclei_2d((tile, tile), rng=rng)[0], 0, 65535) for _ in range(reps)]
+            for _ in range(reps)
+        ]
+        stack[z] = np.block(blocks)[:size, :size]
+    return stack
+
+
+def naive_segment(stack: np.ndarray, checkpoint, device: torch.device) -> np.ndarray:
+    """The starting point: one slice at a time, float32, no tricks."""
+    model = checkpoint.model.to(device).eval()
+    reference = PlanePredictor(checkpoint, "cpu", precision="float32")  # only for its post-processing
+    norm = checkpoint.info.normalization
+    out = []
+    next_id = 0
+    with torch.no_grad():
+        for plane in stack:
+            x = torch.from_numpy(normalize_plane(plane, norm["low"], norm["high"])[None, None]).to(device)
+            probs = torch.softmax(model(x), dim=1)[0].cpu().numpy()
+            labels = reference.labels(probs)
+            if labels.dtype == np.uint32:
+                labels[labels > 0] += np.uint32(next_id)
+                next_id = max(next_id, int(labels.max()))
+            out.append(labels)
+    return np.stack(out)
+
+
+def onnx_segment_factory(checkpoint, threads: int) -> Callable[[np.ndarray], np.ndarray] | None:
+    """Export the network to ONNX and return a segment function using ONNX Runtime on the CPU."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    from napari_unetseg.optimize import fold_batchnorm
+
+    buffer = io.BytesIO()
+    example = torch.zeros(1, checkpoint.model.in_channels, 256, 256)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            fold_batchnorm(checkpoint.model).cpu(), (example,), buffer, input_names=["x"],
+            output_names=["logits"], dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}}, dynamo=False, opset_version=17,
+        )
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+    post = PlanePredictor(checkpoint, "cpu", precision="float32")
+    norm = checkpoint.info.normalization
+
+    def run(stack: np.ndarray) -> np.ndarray:
+        out, next_id = [], 0
+        for plane in stack:
+            x = normalize_plane(plane, norm["low"], norm["high"])[None, None]
+            logits = session.run(None, {"x": x})[0][0]
+            probs = np.exp(logits - logits.max(0))
+            labels = post.labels(probs / probs.sum(0))
+            labels[labels > 0] += np.uint32(next_id)
+            next_id = max(next_id, int(labels.max()))
+            out.append(labels)
+        return np.stack(out)
+
+    return run
+
+
+def monai_segment_factory(checkpoint, device: torch.device) -> Callable[[np.ndarray], np.ndarray] | None:
+    """MONAI's SliceInferer (a 2D network over a 3D volume) with the same weights."""
+    try:
+        from monai.inferers import SliceInferer
+    except ImportError:
+        return None
+    model = checkpoint.model.to(device).eval()
+    post = PlanePredictor(checkpoint, "cpu", precision="float32")
+    norm = checkpoint.info.normalization
+
+    def run(stack: np.ndarray) -> np.ndarray:
+        size = stack.shape[-1]
+        inferer = SliceInferer(roi_size=(min(size, 512), min(size, 512)), spatial_dim=0, sw_batch_size=4,
+                               overlap=0.125, progress=False)
+        volume = np.stack([normalize_plane(p, norm["low"], norm["high"]) for p in stack])
+        x = torch.from_numpy(volume)[None, None].to(device)
+        with torch.no_grad():
+            probs = torch.softmax(inferer(x, model), dim=1)[0].cpu().numpy()  # (K, Z, Y, X)
+        out, next_id = [], 0
+        for z in range(stack.shape[0]):
+            labels = post.labels(probs[:, z])
+            labels[labels > 0] += np.uint32(next_id)
+            next_id = max(next_id, int(labels.max()))
+            out.append(labels)
+        return np.stack(out)
+
+    return run
+
+
+def timed(run: Callable[[], np.ndarray], device: torch.device, warmup: Callable[[], object] | None) -> dict:
+    if warmup is not None:
+        warmup()
+    with PeakMemory(device) as memory:
+        start = time.perf_counter()
+        labels = run()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+    return {"labels": labels, "seconds": seconds, "peak_rss_mb": memory.peak_rss / 2**20,
+            "cuda_peak_mb": memory.cuda_peak / 2**20}
+
+
+def agreement(labels: np.ndarray, reference: np.ndarray, mode: str) -> dict:
+    if mode == "instance":
+        pixel = float(((labels > 0) == (reference > 0)).mean())
+        f1 = object_matching(labels, reference, per_slice=True, thresholds=(0.5,))["f1"]
+        return {"pixel_agreement": pixel, "instance_f1": f1}
+    return {"pixel_agreement": float((labels == reference).mean()), "instance_f1": None}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="nuclei")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[512, 2048])
+    parser.add_argument("--slices", type=int, default=32)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--skip", nargs="*", default=[], choices=["monai", "onnx"])
+    parser.add_argument("--json", type=Path, help="also write the rows here")
+    args = parser.parse_args()
+
+    device = get_device(args.device)
+    checkpoint = resolve_model(args.model)
+    threads = torch.get_num_threads()
+    print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, device {device}, "
+          f"{threads} threads, model {args.model} "
+          f"({sum(p.numel() for p in checkpoint.model.parameters()) / 1e6:.2f} M parameters)")
+    runner = type(make_fast_model(checkpoint.model, device)).__name__
+    print(f"# default runner on {device}: {runner} (OnnxModel = ONNX Runtime, FastModel = PyTorch)")
+    rows = []
+    speedup_512 = None
+    for size in args.sizes:
+        stack = make_stack(size, args.slices)
+        small = stack[:2]
+        naive = timed(lambda: naive_segment(stack, checkpoint, device), device,
+                      lambda: naive_segment(small, checkpoint, device))
+        configs = {
+            "naive (batch 1, fp32)": (naive, None),
+        }
+        variants = {"unetseg torch float32": {"precision": "float32", "backend": "torch"}}
+        if device.type == "cpu" and cpu_supports_bf16():
+            variants["unetseg torch bfloat16"] = {"precision": "bfloat16", "backend": "torch"}
+        if device.type == "cuda":
+            variants["unetseg torch float16"] = {"precision": "float16", "backend": "torch"}
+        variants[DEFAULT] = {"precision": "auto", "backend": "auto"}  # what `unetseg segment` uses
+        for name, options in variants.items():
+            def run(s=stack, o=options):
+                return segment(s, checkpoint, device=device, batch_size=args.batch_size, tile_size=max(size, 1024), **o)
+
+            configs[name] = (timed(run, device, lambda o=options: segment(small, checkpoint, device=device,
+                                                                          batch_size=2, **o)), None)
+        if "monai" not in args.skip:
+            monai_run = monai_segment_factory(checkpoint, device)
+            if monai_run is not None:
+                configs["MONAI SliceInferer (fp32)"] = (timed(lambda: monai_run(stack), device,
+                                                             lambda: monai_run(small)), None)
+        if "onnx" not in args.skip and device.type == "cpu":
+            onnx_run = onnx_segment_factory(checkpoint, threads)
+            if onnx_run is not None:
+                configs["ONNX Runtime CPU (fp32)"] = (timed(lambda: onnx_run(stack), device,
+                                                           lambda: onnx_run(small)), None)
+        for name, (result, _) in configs.items():
+            row = {
+                "size": size, "slices": args.slices, "engine": name, "device": str(device),
+                "slices_per_s": args.slices / result["seconds"], "seconds_per_slice": result["seconds"] / args.slices,
+                "peak_rss_mb": round(result["peak_rss_mb"]), "cuda_peak_mb": round(result["cuda_peak_mb"]),
+                "speedup_vs_naive": naive["seconds"] / result["seconds"],
+                **agreement(result["labels"], naive["labels"], checkpoint.info.mode),
+            }
+            rows.append(row)
+            f1 = "-" if row["instance_f1"] is None else f"{row['instance_f1']:.4f}"
+            print(f"{size:>5} {name:<28} {row['slices_per_s']:7.2f} slices/s  {row['seconds_per_slice']:.3f} s/slice  "
+                  f"RSS {row['peak_rss_mb']:>6} MB  CUDA {row['cuda_peak_mb']:>6} MB  x{row['speedup_vs_naive']:.2f}  "
+                  f"agree {row['pixel_agreement']:.4f}  F1 {f1}")
+        best = configs[DEFAULT][0]
+        check = agreement(best["labels"], naive["labels"], checkpoint.info.mode)
+        ok = check["pixel_agreement"] >= 0.995 and (check["instance_f1"] is None or check["instance_f1"] >= 0.99)
+        print(f"# {size}: optimised labels agree with the naive loop: {'yes' if ok else 'NO'} {check}")
+        if size == 512:
+            speedup_512 = naive["seconds"] / best["seconds"]
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+    if speedup_512 is not None:
+        print(f"speedup_vs_naive={speedup_512:.2f}")
+
+
+if __name__ == "__main__":
+    main()
