@@ -56,7 +56,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--init", default="nuclei", help="built-in model name or checkpoint path")
     parser.add_argument("--seconds", type=float, default=120.0, help="training time budget")
-    parser.add_argument("--iterations", type=int, default=400, help="iteration cap (the budget usually ends first)")
+    parser.add_argument("--iterations", type=int, default=2000, help="iteration cap (the time budget ends first)")
     parser.add_argument("--freeze-encoder", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
