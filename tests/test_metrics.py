@@ -19,6 +19,7 @@ from napari_unetseg.metrics import (
     object_matching,
     pixel_error,
     pixel_iou,
+    thin_borders,
 )
 
 
@@ -172,6 +173,25 @@ def test_semantic_em_map_with_cell_class():
     assert scores["pixel_error"] == pytest.approx(7 / truth.size)
     assert scores["adapted_rand_error"] > 0.0
     assert scores["rand_precision"] < 1.0 and scores["rand_recall"] == 1.0
+
+
+def test_thick_predicted_membranes_are_not_counted_as_merges():
+    truth = membrane_grid()
+    membrane = truth == 0
+    thick = membrane | np.roll(membrane, 1, axis=0) | np.roll(membrane, 1, axis=1)  # 2 px wide borders
+    prediction = np.where(thick, 1, 2).astype(np.uint8)
+    scores = evaluate(prediction, truth, "semantic", foreground=(2, 255))
+    assert scores["adapted_rand_error"] == 0.0  # every cell found once, borders thinned
+    assert scores["adapted_rand_error_unthinned"] > 0.0  # the membrane pixels inside cells form one segment
+    assert scores["pixel_error"] == pytest.approx((thick & ~membrane).mean())
+
+
+def test_thin_borders_fills_every_plane_with_segments_and_leaves_empty_planes():
+    segments = np.zeros((2, 5, 5), np.uint32)
+    segments[0, 0, 0], segments[0, 4, 4] = 1, 2
+    thinned = thin_borders(segments)
+    assert thinned[0, 0, 1] == 1 and thinned[0, 4, 3] == 2 and (thinned[0] > 0).all()
+    assert not thinned[1].any()
 
 
 def test_semantic_stack_is_scored_per_section_by_default():

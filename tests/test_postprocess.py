@@ -1,10 +1,17 @@
 """Probabilities to labels: touching objects stay apart, Z-linking keeps one id per object."""
 
 import numpy as np
-
-from napari_unetseg.postprocess import probabilities_to_classes, probabilities_to_instances, stitch_slices
-
 from conftest import two_touching_discs
+from scipy import ndimage as ndi
+
+from napari_unetseg.metrics import adapted_rand_error
+from napari_unetseg.postprocess import (
+    instances_in_strips,
+    probabilities_to_classes,
+    probabilities_to_instances,
+    stitch_slices,
+)
+from napari_unetseg.synthetic import synthetic_nuclei_2d
 
 
 def _ideal_probabilities(labels: np.ndarray) -> np.ndarray:
@@ -44,6 +51,17 @@ def test_tiny_objects_are_dropped_and_ids_are_sequential():
     labels = probabilities_to_instances(_ideal_probabilities(truth) * 0 + np.stack(
         [truth == 0, truth > 0, np.zeros_like(truth)]).astype(np.float32), min_size=4)
     assert sorted(np.unique(labels)) == [0, 1]
+
+
+def test_strips_give_the_whole_plane_objects():
+    _, truth = synthetic_nuclei_2d((320, 160), rng=np.random.default_rng(3))
+    probs = ndi.gaussian_filter(_ideal_probabilities(truth), (0, 1, 1))  # smooth, like a network's output
+    whole = probabilities_to_instances(probs)
+    strips = instances_in_strips(probs, rows=48, margin=40)  # many strip edges cut through objects
+    assert whole.max() > 20
+    assert np.array_equal(strips > 0, whole > 0)
+    assert adapted_rand_error(strips, whole)["adapted_rand_error"] == 0.0  # same objects, other ids
+    assert sorted(np.unique(strips))[1:] == list(range(1, whole.max() + 1))
 
 
 def test_class_map_uses_painted_label_values():

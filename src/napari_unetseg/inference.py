@@ -9,6 +9,7 @@ larger than memory stream from disk to disk. :mod:`.distributed` runs the same e
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from .checkpoint import Checkpoint
 from .device import fit_to_memory, get_device
 from .normalize import normalize_plane
 from .optimize import make_fast_model
-from .postprocess import link_to_previous, probabilities_to_classes, probabilities_to_instances
+from .postprocess import STRIPWISE_PIXELS, link_to_previous, probabilities_to_classes, probabilities_to_instances
 from .tiling import TilePlan, plan_tiles
 
 SPATIAL_AXES = "YX"
@@ -156,10 +157,15 @@ class PlanePredictor:
         return np.stack(channels)
 
     def probabilities(self, planes: list[np.ndarray], should_stop: Callable[[], bool] | None = None) -> list[np.ndarray]:
-        """Class probabilities ``(K, H, W)`` for each normalised ``(C, H, W)`` plane (same size)."""
+        """Class probabilities ``(K, H, W)`` for each normalised ``(C, H, W)`` plane (same size).
+
+        float32, or float16 for planes above :data:`~.postprocess.STRIPWISE_PIXELS` pixels.
+        """
         plan = self.plan(*planes[0].shape[-2:])
         padded = [plan.pad(p) for p in planes]
-        outputs = [np.zeros((self.num_classes, *plan.padded_shape), np.float32) for _ in planes]
+        # huge planes keep probabilities in float16 (half the memory; they are thresholded and compared only)
+        dtype = np.float16 if math.prod(plan.padded_shape) > STRIPWISE_PIXELS else np.float32
+        outputs = [np.zeros((self.num_classes, *plan.padded_shape), dtype) for _ in planes]
         jobs = [(i, tile) for i in range(len(planes)) for tile in plan.tiles]
         for start in range(0, len(jobs), self.batch_size):
             if should_stop is not None and should_stop():

@@ -7,12 +7,21 @@ from scipy import ndimage as ndi
 from skimage.segmentation import watershed
 
 BACKGROUND, INTERIOR, BOUNDARY = 0, 1, 2
+#: Planes with more pixels than this are post-processed strip by strip (bounded memory).
+STRIPWISE_PIXELS = 4096 * 4096
+STRIP_ROWS = 1024
+#: Rows of context above and below a strip; objects up to this tall come out as on the whole plane.
+STRIP_MARGIN = 256
 
 
 def probabilities_to_classes(probabilities: np.ndarray) -> np.ndarray:
     """``(K, H, W)`` probabilities -> class map with values ``1..K`` (label k is class k, as painted)."""
     dtype = np.uint8 if probabilities.shape[0] < 255 else np.uint16
-    return (np.argmax(probabilities, axis=0) + 1).astype(dtype)
+    out = np.empty(probabilities.shape[1:], dtype)
+    for top in range(0, out.shape[0], STRIP_ROWS):  # strips: argmax's int64 result stays small
+        rows = slice(top, top + STRIP_ROWS)
+        out[rows] = np.argmax(probabilities[:, rows], axis=0) + 1
+    return out
 
 
 def probabilities_to_instances(
@@ -22,8 +31,15 @@ def probabilities_to_instances(
 
     Objects are grown by seeded watershed from connected interior regions over the foreground
     (interior + boundary), so touching objects separated by a boundary band stay apart.
-    Objects smaller than ``min_size`` pixels are dropped.
+    Objects smaller than ``min_size`` pixels are dropped. Planes larger than
+    :data:`STRIPWISE_PIXELS` go through :func:`instances_in_strips`.
     """
+    if probabilities[0].size > STRIPWISE_PIXELS:
+        return instances_in_strips(probabilities, threshold, min_size)
+    return _instances(probabilities, threshold, min_size)
+
+
+def _instances(probabilities: np.ndarray, threshold: float, min_size: int) -> np.ndarray:
     foreground = probabilities[BACKGROUND] < threshold
     interior = (probabilities[INTERIOR] > threshold) & foreground
     seeds, count = ndi.label(interior)
@@ -31,6 +47,47 @@ def probabilities_to_instances(
         return np.zeros(foreground.shape, np.uint32)
     labels = watershed(probabilities[BOUNDARY], markers=seeds, mask=foreground)
     return _drop_small(labels, min_size)
+
+
+def instances_in_strips(
+    probabilities: np.ndarray, threshold: float = 0.5, min_size: int = 8,
+    rows: int = STRIP_ROWS, margin: int = STRIP_MARGIN,
+) -> np.ndarray:
+    """:func:`probabilities_to_instances` one strip of ``rows`` rows at a time, with ``margin`` rows of context.
+
+    Memory is bounded by one strip (the watershed works in float64) rather than the plane. An
+    object belongs to the strip holding its first row and gets a new id there; objects that
+    began in an earlier strip keep the id they got there, and every strip only fills pixels no
+    earlier strip claimed. Objects up to ``margin`` rows tall come out as on the whole plane;
+    taller ones are cut at a strip's context edge.
+    """
+    height, width = probabilities.shape[1:]
+    out = np.zeros((height, width), np.uint32)
+    next_id = 0
+    for top in range(0, height, rows):
+        low, high = max(0, top - margin), min(height, top + rows + margin)
+        labels = _instances(probabilities[:, low:high], threshold, min_size)
+        first_rows = np.array([s[0].start + low if s is not None else height for s in ndi.find_objects(labels)])
+        region = out[low:high]
+        lookup = np.zeros(len(first_rows) + 1, np.uint32)
+        owned = (first_rows >= top) & (first_rows < top + rows)
+        lookup[1:][owned] = np.arange(next_id + 1, next_id + 1 + int(owned.sum()), dtype=np.uint32)
+        next_id += int(owned.sum())
+        lookup[1:][first_rows < top] = _earlier_ids(labels, region, first_rows < top)
+        ids = lookup[labels]
+        free = (ids > 0) & (region == 0)
+        region[free] = ids[free]
+    return out
+
+
+def _earlier_ids(labels: np.ndarray, written: np.ndarray, earlier: np.ndarray) -> np.ndarray:
+    """For each object flagged in ``earlier`` (indexed by id - 1), the id most of its written pixels have."""
+    pick = earlier[np.maximum(labels, 1) - 1] & (labels > 0) & (written > 0)
+    pairs, counts = np.unique(np.stack([labels[pick], written[pick]]), axis=1, return_counts=True)
+    best = np.zeros(len(earlier) + 1, np.uint32)
+    for (label, found), _ in sorted(zip(pairs.T.tolist(), counts.tolist()), key=lambda item: item[1]):
+        best[label] = found  # ascending counts: the most frequent id is written last
+    return best[1:][earlier]
 
 
 def _drop_small(labels: np.ndarray, min_size: int) -> np.ndarray:

@@ -68,6 +68,8 @@ class TilePlan:
     def pad(self, plane: np.ndarray) -> np.ndarray:
         """Mirror-pad a ``(C, H, W)`` plane for the tiles."""
         widths = ((0, 0), (self.rows.pad_before, self.rows.pad_after), (self.cols.pad_before, self.cols.pad_after))
+        if not any(before or after for before, after in widths):
+            return plane  # nothing to add: no copy (a huge plane would double in memory)
         return np.pad(plane, widths, mode="symmetric")
 
     def crop(self, output: np.ndarray) -> np.ndarray:

@@ -34,7 +34,7 @@ from .targets import (
 )
 
 VAL_BLOCK = 32  # side of the square blocks of painted pixels held out for validation
-VAL_MAX_BLOCKS = 32  # at most this many blocks are scored (bounds the cost of validation)
+VAL_MAX_BLOCKS = 128  # at most this many blocks are scored (bounds the cost of validation)
 
 # ---------------------------------------------------------------------------- options and results
 
