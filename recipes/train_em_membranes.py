@@ -35,7 +35,7 @@ def main() -> None:
     config = TrainConfig(
         mode="semantic", class_names=["membrane", "cell"], iterations=args.iterations, patch_size=192,
         batch_size=8, base_channels=16, depth=4, learning_rate=2e-3, validate_every=250,
-        validation_fraction=0.12, seed=args.seed, device="cpu", cpu_bf16=True,
+        validation_fraction=0.12, validation_blocks=128, seed=args.seed, device="cpu", cpu_bf16=True,
     )
     result = train(volume[TRAIN], annotation, None, config, progress=log_progress())
     predicted = segment(volume[TEST], result.checkpoint(), device="cpu")

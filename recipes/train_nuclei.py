@@ -47,12 +47,12 @@ def as_annotation(labels: np.ndarray) -> np.ndarray:
 
 
 def main() -> None:
-    args = recipe_arguments(__doc__.split("\n\n")[0], "nuclei", iterations=2000)
+    args = recipe_arguments(__doc__.split("\n\n")[0], "nuclei", iterations=4000)
     started = time.time()
     images, labels = synthetic_set(480, seed=args.seed)
     config = TrainConfig(
         mode="instance", iterations=args.iterations, patch_size=192, batch_size=8, base_channels=16, depth=4,
-        learning_rate=2e-3, validate_every=250, validation_fraction=0.05, seed=args.seed, device="cpu", cpu_bf16=True,
+        learning_rate=2e-3, validate_every=250, validation_fraction=0.05, validation_blocks=128, seed=args.seed, device="cpu", cpu_bf16=True,
     )
     result = train(images, as_annotation(labels), None, config, progress=log_progress())
 

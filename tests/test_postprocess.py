@@ -56,12 +56,24 @@ def test_tiny_objects_are_dropped_and_ids_are_sequential():
 def test_strips_give_the_whole_plane_objects():
     _, truth = synthetic_nuclei_2d((320, 160), rng=np.random.default_rng(3))
     probs = ndi.gaussian_filter(_ideal_probabilities(truth), (0, 1, 1))  # smooth, like a network's output
-    whole = probabilities_to_instances(probs)
+    whole = probabilities_to_instances(probs, relative_min_size=0)
     strips = instances_in_strips(probs, rows=48, margin=40)  # many strip edges cut through objects
     assert whole.max() > 20
     assert np.array_equal(strips > 0, whole > 0)
     assert adapted_rand_error(strips, whole)["adapted_rand_error"] == 0.0  # same objects, other ids
     assert sorted(np.unique(strips))[1:] == list(range(1, whole.max() + 1))
+
+
+def test_fragments_far_below_the_typical_object_size_are_dropped():
+    truth = np.zeros((60, 80), np.uint32)
+    for k, x in enumerate((2, 22, 42)):
+        truth[2:14, x : x + 12] = k + 1  # three 144 px nuclei
+    truth[30:37, 2:7] = 4  # 35 px: 24 % of the median, a fragment
+    truth[30:37, 40:46] = 5  # 42 px: 29 %, kept
+    ideal = np.stack([truth == 0, truth > 0, np.zeros_like(truth)]).astype(np.float32)
+    labels = probabilities_to_instances(ideal)
+    assert labels.max() == 4 and not labels[30:37, 2:7].any() and labels[33, 43] > 0
+    assert probabilities_to_instances(ideal, relative_min_size=0).max() == 5
 
 
 def test_class_map_uses_painted_label_values():

@@ -7,6 +7,8 @@ from scipy import ndimage as ndi
 from skimage.segmentation import watershed
 
 BACKGROUND, INTERIOR, BOUNDARY = 0, 1, 2
+#: Objects smaller than this fraction of the plane's median object area are dropped as fragments.
+RELATIVE_MIN_SIZE = 0.25
 #: Planes with more pixels than this are post-processed strip by strip (bounded memory).
 STRIPWISE_PIXELS = 4096 * 4096
 STRIP_ROWS = 1024
@@ -25,18 +27,32 @@ def probabilities_to_classes(probabilities: np.ndarray) -> np.ndarray:
 
 
 def probabilities_to_instances(
-    probabilities: np.ndarray, threshold: float = 0.5, min_size: int = 8
+    probabilities: np.ndarray, threshold: float = 0.5, min_size: int = 8,
+    relative_min_size: float = RELATIVE_MIN_SIZE,
 ) -> np.ndarray:
     """``(3, H, W)`` background / interior / boundary probabilities -> uint32 object ids from 1.
 
     Objects are grown by seeded watershed from connected interior regions over the foreground
     (interior + boundary), so touching objects separated by a boundary band stay apart.
-    Objects smaller than ``min_size`` pixels are dropped. Planes larger than
-    :data:`STRIPWISE_PIXELS` go through :func:`instances_in_strips`.
+    Objects smaller than ``min_size`` pixels, or than ``relative_min_size`` times the median
+    object area of the plane (fragments: bits of debris, slivers at the edge of a blurred
+    nucleus), are dropped. Planes larger than :data:`STRIPWISE_PIXELS` go through
+    :func:`instances_in_strips`.
     """
     if probabilities[0].size > STRIPWISE_PIXELS:
-        return instances_in_strips(probabilities, threshold, min_size)
-    return _instances(probabilities, threshold, min_size)
+        labels = instances_in_strips(probabilities, threshold, min_size)
+    else:
+        labels = _instances(probabilities, threshold, min_size)
+    return drop_fragments(labels, relative_min_size)
+
+
+def drop_fragments(labels: np.ndarray, relative_min_size: float) -> np.ndarray:
+    """Drop objects smaller than ``relative_min_size`` times the median object area; renumber 1..N."""
+    sizes = np.bincount(labels.ravel())[1:]
+    sizes = sizes[sizes > 0]
+    if relative_min_size <= 0 or sizes.size == 0:
+        return labels
+    return _drop_small(labels, int(relative_min_size * np.median(sizes)))
 
 
 def _instances(probabilities: np.ndarray, threshold: float, min_size: int) -> np.ndarray:

@@ -34,7 +34,6 @@ from .targets import (
 )
 
 VAL_BLOCK = 32  # side of the square blocks of painted pixels held out for validation
-VAL_MAX_BLOCKS = 128  # at most this many blocks are scored (bounds the cost of validation)
 
 # ---------------------------------------------------------------------------- options and results
 
@@ -45,7 +44,8 @@ class TrainConfig:
 
     ``learning_rate=None``: 1e-3 for a new network, 5e-4 when fine-tuning. ``patch_size``: side
     of the labelled patches. ``validation_fraction``: share of painted pixels (whole planes with
-    4+ annotated planes) held out to pick the best weights. ``freeze_encoder``: train only the
+    4+ annotated planes) held out to pick the best weights, scored on at most ``validation_blocks``
+    blocks of 32x32 px (more: a steadier score, slower validation). ``freeze_encoder``: train only the
     decoder (~1.4x faster on a CPU, but adapts less to new-looking images). ``cpu_bf16``:
     bfloat16 autocast on the CPU (~1.4x faster on CPUs with native bf16, slower elsewhere).
     ``base_channels`` / ``depth`` shape a network trained from scratch. Runs limited by
@@ -65,6 +65,7 @@ class TrainConfig:
     freeze_encoder: bool = False
     validation_fraction: float = 0.15
     validate_every: int = 25
+    validation_blocks: int = 32
     w0: float = 10.0
     sigma: float = 5.0
     seed: int = 0
@@ -199,7 +200,9 @@ def _setup_model(parent: UNet | None, info: ModelInfo | None, mode: str, n: int,
     return model, reset
 
 
-def _split_validation(planes: list[_Plane], fraction: float, rng: np.random.Generator) -> list[tuple[int, int, int]]:
+def _split_validation(
+    planes: list[_Plane], fraction: float, max_blocks: int, rng: np.random.Generator
+) -> list[tuple[int, int, int]]:
     """Hold out painted pixels for validation (in place); return the scored blocks (plane, top, left).
 
     With 4+ annotated planes whole planes are held out, else random 32 px blocks holding about
@@ -224,7 +227,7 @@ def _split_validation(planes: list[_Plane], fraction: float, rng: np.random.Gene
         else:
             masks, chosen, held_pixels = [np.zeros(p.targets.shape, bool) for p in planes], [], 0
             for k, y, x in order:
-                if held_pixels >= fraction * total or len(chosen) >= VAL_MAX_BLOCKS:
+                if held_pixels >= fraction * total or len(chosen) >= max_blocks:
                     break
                 if held_pixels + counts[k][y, x] <= 2 * fraction * total:
                     masks[k][y : y + VAL_BLOCK, x : x + VAL_BLOCK] = True
@@ -235,7 +238,7 @@ def _split_validation(planes: list[_Plane], fraction: float, rng: np.random.Gene
             for p, m in zip(planes, masks):
                 p.val_targets = np.where(m, p.targets, IGNORE).astype(np.int32)
                 p.targets = np.where(m, IGNORE, p.targets).astype(np.int32)
-            return chosen[:VAL_MAX_BLOCKS]
+            return chosen[:max_blocks]
     return []
 
 
@@ -287,7 +290,7 @@ class Trainer:
         self.class_names = _class_names(self.mode, max(values), cfg, self.parent_info)
         self.data = _describe(pairs, self.planes, self.mode)
         self.rng = np.random.default_rng(cfg.seed)
-        self.val_blocks = _split_validation(self.planes, cfg.validation_fraction, self.rng)
+        self.val_blocks = _split_validation(self.planes, cfg.validation_fraction, cfg.validation_blocks, self.rng)
         self._prepare_weights()
         torch.manual_seed(cfg.seed)
         self.device = get_device(cfg.device)
