@@ -52,7 +52,8 @@ def main() -> None:
     images, labels = synthetic_set(480, seed=args.seed)
     config = TrainConfig(
         mode="instance", iterations=args.iterations, patch_size=192, batch_size=8, base_channels=16, depth=4,
-        learning_rate=2e-3, validate_every=250, validation_fraction=0.05, validation_blocks=128, seed=args.seed, device="cpu", cpu_bf16=True,
+        learning_rate=2e-3, validate_every=250, validation_fraction=0.05, validation_blocks=128, seed=args.seed,
+        device="cpu", cpu_bf16=True,
     )
     result = train(images, as_annotation(labels), None, config, progress=log_progress())
 

@@ -207,8 +207,8 @@ def _add_segment(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--precision", choices=PRECISIONS, default="auto",
-        help="auto = float16 on CUDA, else float32; bfloat16 is faster on CPUs that support it but may "
-        "move a few object outlines (default: auto)",
+        help="auto = float16 on CUDA; bfloat16 on CPUs with native bfloat16 when a probe shows it keeps the "
+        "model's float32 labels; else float32 (default: auto)",
     )
     parser.add_argument(
         "--backend", choices=BACKENDS, default="auto",

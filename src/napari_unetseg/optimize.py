@@ -2,9 +2,9 @@
 
 - BatchNorm is folded into the preceding convolution (eval mode only: the same arithmetic, fewer passes).
 - channels_last memory format, which oneDNN (CPU) and cuDNN (GPU) run fastest.
-- float16 autocast on CUDA. bfloat16 on CPUs with AVX512-BF16/AMX is available on request
-  (``precision="bfloat16"``): it is about 1.7x faster here but moved a few percent of the
-  nuclei model's objects in ``benchmarks/inference.py``, so it is not the default.
+- float16 autocast on CUDA; bfloat16 autocast on CPUs with AVX512-BF16/AMX, which
+  :func:`~.inference.resolve_precision` picks only when a probe shows it keeps the model's
+  float32 labels (about 1.7x faster than float32 PyTorch on the machine we measured).
 - On the CPU, ONNX Runtime (when installed: ``pip install napari-unetseg[onnx]``) runs the same
   float32 network about twice as fast as eager PyTorch on the machine we measured, with the same
   labels; ``backend="auto"`` uses it there.
@@ -38,7 +38,10 @@ def cpu_supports_bf16() -> bool:
 
 
 def choose_precision(device: torch.device, precision: str = "auto") -> torch.dtype:
-    """The compute dtype to use on ``device``: ``auto`` is float16 on CUDA, else float32."""
+    """The compute dtype to use on ``device``: ``auto`` is float16 on CUDA, else float32.
+
+    (:func:`~.inference.resolve_precision` turns ``auto`` into bfloat16 first where that is safe.)
+    """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision != "auto":
