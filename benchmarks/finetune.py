@@ -27,7 +27,7 @@ from skimage.morphology import skeletonize
 from napari_unetseg.inference import segment
 from napari_unetseg.metrics import evaluate
 from napari_unetseg.models import resolve_model
-from napari_unetseg.training import TrainConfig, train
+from napari_unetseg.training import TrainConfig, Trainer
 
 ISBI = Path(__file__).resolve().parents[2] / "shared" / "data" / "isbi2012"
 STROKE_SLICES = slice(0, 5)
@@ -83,12 +83,20 @@ def scores(labels: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     return {"pixel_error": round(result["pixel_error"], 4), "adapted_rand_error": round(result["adapted_rand_error"], 4)}
 
 
+def better(after: dict[str, float], before: dict[str, float]) -> bool:
+    return after["pixel_error"] < before["pixel_error"] and after["adapted_rand_error"] < before["adapted_rand_error"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--init", default="nuclei", help="built-in model name or checkpoint path")
     parser.add_argument("--seconds", type=float, default=120.0, help="training time budget")
     parser.add_argument("--iterations", type=int, default=2000, help="iteration cap (the time budget ends first)")
     parser.add_argument("--freeze-encoder", action="store_true")
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CPUs with native bf16)")
+    parser.add_argument("--learning-rate", type=float, default=None, help="default: the trainer's fine-tuning rate")
+    parser.add_argument("--snapshot-every", type=float, default=15.0,
+                        help="seconds between kept snapshots, scored after training for the time to a better result")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.manual_seed(args.seed)
@@ -108,16 +116,27 @@ def main() -> None:
 
     config = TrainConfig(
         mode="semantic", class_names=["membrane", "cell"], iterations=args.iterations, max_seconds=args.seconds,
-        freeze_encoder=args.freeze_encoder, seed=args.seed, device="cpu",
+        freeze_encoder=args.freeze_encoder, cpu_bf16=args.bf16, learning_rate=args.learning_rate, seed=args.seed,
+        device="cpu",
     )
-    started = time.perf_counter()
-    result = train(volume[STROKE_SLICES], strokes, parent, config)
-    seconds = time.perf_counter() - started
+    trainer = Trainer(volume[STROKE_SLICES], strokes, parent, config)
+    snapshots = []  # (seconds, iteration, weights a user stopping then would get)
+    for step in trainer.steps():
+        if step.seconds >= args.snapshot_every * (len(snapshots) + 1):
+            snapshots.append((step.seconds, step.iteration, trainer.result().checkpoint()))
+    result = trainer.result()
+    seconds, iterations = trainer.elapsed(), len(result.history)
     after = scores(segment(volume[TEST_SLICES], result.checkpoint(), device="cpu"), truth[TEST_SLICES])
-    iterations = len(result.history)
+    first_better = None
+    for at, iteration, checkpoint in snapshots:
+        snapshot = scores(segment(volume[TEST_SLICES], checkpoint, device="cpu"), truth[TEST_SLICES])
+        print(f"  at {at:5.1f} s (iteration {iteration}): {json.dumps(snapshot)}")
+        if first_better is None and better(snapshot, before):
+            first_better = at
     print(f"after {iterations} iterations in {seconds:.0f} s ({iterations / seconds:.2f} it/s): {json.dumps(after)}")
-    improved = after["pixel_error"] < before["pixel_error"] and after["adapted_rand_error"] < before["adapted_rand_error"]
-    print(f"improved={'yes' if improved else 'no'}")
+    print(f"first better result after: {'-' if first_better is None else f'{first_better:.0f} s'} "
+          f"(snapshots every {args.snapshot_every:.0f} s)")
+    print(f"improved={'yes' if better(after, before) else 'no'}")
 
 
 if __name__ == "__main__":

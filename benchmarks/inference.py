@@ -26,11 +26,11 @@ import numpy as np
 import torch
 
 from napari_unetseg.device import get_device
-from napari_unetseg.inference import PlanePredictor, segment
+from napari_unetseg.inference import PlanePredictor, resolve_precision, segment
 from napari_unetseg.metrics import agreement
 from napari_unetseg.models import resolve_model
 from napari_unetseg.normalize import normalize_plane
-from napari_unetseg.optimize import cpu_supports_bf16, make_fast_model
+from napari_unetseg.optimize import cpu_supports_bf16, make_fast_model, onnxruntime_available
 
 DEFAULT = "unetseg default (auto)"
 from napari_unetseg.synthetic import synthetic_nuclei_2d
@@ -205,8 +205,12 @@ def main() -> None:
     print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, device {device}, "
           f"{threads} threads, model {args.model} "
           f"({sum(p.numel() for p in checkpoint.model.parameters()) / 1e6:.2f} M parameters)")
-    runner = type(make_fast_model(checkpoint.model, device)).__name__
-    print(f"# default runner on {device}: {runner} (OnnxModel = ONNX Runtime, FastModel = PyTorch)")
+    started = time.perf_counter()
+    precision = resolve_precision(checkpoint, device)  # the probe runs once per model and process
+    probe_seconds = time.perf_counter() - started
+    runner = type(make_fast_model(checkpoint.model, device, precision)).__name__
+    print(f"# default path on {device}: {runner} {precision} (OnnxModel = ONNX Runtime, FastModel = PyTorch; "
+          f"precision probe {probe_seconds:.1f} s, once per model and process)")
     rows = []
     speedup_512 = None
     for size in args.sizes:
@@ -218,6 +222,8 @@ def main() -> None:
             "naive (batch 1, fp32)": (naive, None),
         }
         variants = {"unetseg torch float32": {"precision": "float32", "backend": "torch"}}
+        if device.type == "cpu" and onnxruntime_available():
+            variants["unetseg ONNX Runtime float32"] = {"precision": "float32", "backend": "onnxruntime"}
         if device.type == "cpu" and cpu_supports_bf16():
             variants["unetseg torch bfloat16"] = {"precision": "bfloat16", "backend": "torch"}
         if device.type == "cuda":

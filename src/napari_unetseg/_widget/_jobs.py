@@ -275,7 +275,8 @@ class FineTuneJob:
         source = self.preview
         assert source is not None
         index = source.index
-        predictor = PlanePredictor(result.checkpoint(), self.device, batch_size=4)
+        # float32: for one plane of fresh weights, the bfloat16 probe would cost more than it saves
+        predictor = PlanePredictor(result.checkpoint(), self.device, batch_size=4, precision="float32")
         plane = predictor.prepare(_read_plane(source.image, AxesLayout(source.axes), index))
         shape = (source.image.shape[source.axes.index("Y")], source.image.shape[source.axes.index("X")])
         if plane is None:
