@@ -3,13 +3,15 @@
 
     python recipes/train_em_membranes.py --overwrite
 
-Slices 0-24 are used for training, with whole planes held out for choosing the best weights;
-slices 25-29 are the test set (see the data's README) and are only segmented at the very end to
-report pixel error and adapted Rand error.
+Slices 0-24 are used for training, with three whole planes held out for choosing the best weights
+and then the decision threshold of the membrane class (the one with the lowest sum of pixel error
+and adapted Rand error on those planes); slices 25-29 are the test set (see the data's README) and
+are only segmented at the very end to report pixel error and adapted Rand error.
 """
 
 from __future__ import annotations
 
+import argparse
 import time
 from pathlib import Path
 
@@ -17,13 +19,59 @@ import numpy as np
 import tifffile
 
 from common import log_progress, recipe_arguments, save_builtin
-from napari_unetseg.inference import segment
+from napari_unetseg.checkpoint import Checkpoint
+from napari_unetseg.inference import PlanePredictor, segment
 from napari_unetseg.metrics import evaluate
-from napari_unetseg.training import TrainConfig, train
+from napari_unetseg.training import TrainConfig, Trainer, TrainResult
 
 ISBI = Path(__file__).resolve().parents[2] / "shared" / "data" / "isbi2012"
 TRAIN = slice(0, 25)
 TEST = slice(25, 30)
+THRESHOLDS = np.round(np.arange(0.30, 0.801, 0.05), 2)
+
+
+def choose_membrane_threshold(checkpoint: Checkpoint, images: np.ndarray, truth: np.ndarray) -> tuple[float, list]:
+    """The membrane probability above which a pixel is called membrane, chosen on held-out planes.
+
+    The network was trained with class-balanced weights, which favour the rarer membrane class:
+    the plain arg-max (0.5) draws membranes thicker than the annotators did.
+    """
+    predictor = PlanePredictor(checkpoint, device="cpu", precision="float32")
+    membrane = np.stack([p[0] for p in predictor.probabilities([predictor.prepare(i[np.newaxis]) for i in images])])
+    sweep = []
+    for threshold in THRESHOLDS:
+        scores = evaluate(np.where(membrane > threshold, 1, 2), truth, "semantic", foreground=(2, 255))
+        sweep.append((float(threshold), round(scores["pixel_error"], 4), round(scores["adapted_rand_error"], 4)))
+    best = min(sweep, key=lambda row: row[1] + row[2])
+    return best[0], sweep
+
+
+def finish(
+    result: TrainResult, args: argparse.Namespace, held: list[int], volume: np.ndarray, truth: np.ndarray, started: float
+) -> None:
+    """Calibrate on the held-out planes, score the test slices, write the checkpoint."""
+    threshold, sweep = choose_membrane_threshold(result.checkpoint(), volume[TRAIN][held], truth[TRAIN][held])
+    print("held-out planes", held, "threshold, pixel error, Rand error:", sweep, "->", threshold, flush=True)
+    plain = evaluate(segment(volume[TEST], result.checkpoint(), device="cpu", precision="float32"), truth[TEST],
+                     "semantic", foreground=(2, 255))
+    result.info.decision_weights = [round(1.0 - threshold, 2), threshold]
+    scores = evaluate(segment(volume[TEST], result.checkpoint(), device="cpu", precision="float32"), truth[TEST],
+                      "semantic", foreground=(2, 255))
+    metrics = {
+        "test_slices": "25-29",
+        "pixel_error": round(scores["pixel_error"], 4),
+        "adapted_rand_error": round(scores["adapted_rand_error"], 4),
+        "adapted_rand_error_unthinned": round(scores["adapted_rand_error_unthinned"], 4),
+        "membrane_threshold": threshold,
+        "argmax_pixel_error": round(plain["pixel_error"], 4),
+        "argmax_adapted_rand_error": round(plain["adapted_rand_error"], 4),
+    }
+    save_builtin(
+        result, args, metrics,
+        data="ISBI 2012 EM training stack, slices 0-24 (Cardona et al. 2010)",
+        description="Neuronal membranes in serial-section EM (semantic: 1 = membrane, 2 = cell).",
+        started=started,
+    )
 
 
 def main() -> None:
@@ -37,21 +85,11 @@ def main() -> None:
         batch_size=8, base_channels=16, depth=4, learning_rate=2e-3, validate_every=250,
         validation_fraction=0.12, validation_blocks=128, seed=args.seed, device="cpu", cpu_bf16=True,
     )
-    result = train(volume[TRAIN], annotation, None, config, progress=log_progress())
-    predicted = segment(volume[TEST], result.checkpoint(), device="cpu")
-    scores = evaluate(predicted, truth[TEST], "semantic", foreground=(2, 255))
-    metrics = {
-        "test_slices": "25-29",
-        "pixel_error": round(scores["pixel_error"], 4),
-        "adapted_rand_error": round(scores["adapted_rand_error"], 4),
-        "adapted_rand_error_unthinned": round(scores["adapted_rand_error_unthinned"], 4),
-    }
-    save_builtin(
-        result, args, metrics,
-        data="ISBI 2012 EM training stack, slices 0-24 (Cardona et al. 2010)",
-        description="Neuronal membranes in serial-section EM (semantic: 1 = membrane, 2 = cell).",
-        started=started,
-    )
+    trainer = Trainer(volume[TRAIN], annotation, None, config)
+    report = log_progress()
+    for step in trainer.steps():
+        report(step)
+    finish(trainer.result(), args, trainer.validation_planes, volume, truth, started)
 
 
 if __name__ == "__main__":

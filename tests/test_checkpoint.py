@@ -19,6 +19,7 @@ def test_round_trip_keeps_weights_and_metadata(tmp_path):
         normalization={"low": 0.5, "high": 99.5},
         name="em",
         training={"data": "isbi2012 slices 0-19", "iterations": 10, "metrics": {"pixel_error": 0.1}},
+        decision_weights=[0.35, 0.65],
     )
     path = save_checkpoint(tmp_path / "m.pt", model, info)
     loaded = load_checkpoint(path)

@@ -85,6 +85,15 @@ def test_class_map_uses_painted_label_values():
     assert (classes[:2] == 1).all() and (classes[2:] == 2).all()
 
 
+def test_decision_weights_move_the_class_boundary():
+    membrane = np.linspace(0.05, 0.95, 10, dtype=np.float32)[None, :]  # membrane probability 0.05 ... 0.95
+    probs = np.stack([membrane, 1 - membrane])
+    plain = probabilities_to_classes(probs)
+    calibrated = probabilities_to_classes(probs, [0.35, 0.65])  # membrane only above 0.65
+    assert plain[0].tolist() == [2] * 5 + [1] * 5
+    assert calibrated[0].tolist() == [2] * 7 + [1] * 3
+
+
 def test_stitching_links_an_object_through_z_and_keeps_others_apart():
     stack = np.zeros((3, 20, 20), np.uint32)
     stack[0, 2:10, 2:10] = 1

@@ -37,6 +37,9 @@ class ModelInfo:
     watershed) or ``"semantic"`` (one output class per label value 1..K).
     ``normalization``: per-plane percentiles mapped to 0 and 1 before the network.
     ``training``: provenance, e.g. data, iterations, metrics, parent model, date.
+    ``decision_weights``: semantic models only, one factor per class applied to the probabilities
+    before the arg-max (e.g. ``[0.35, 0.65]`` calls class 1 where its probability exceeds 0.65),
+    chosen on held-out data; ``None`` is the plain arg-max.
     """
 
     mode: str = "instance"
@@ -47,6 +50,7 @@ class ModelInfo:
     training: dict[str, Any] = field(default_factory=dict)
     created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     format_version: int = FORMAT_VERSION
+    decision_weights: list[float] | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

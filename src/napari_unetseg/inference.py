@@ -13,6 +13,7 @@ import math
 import os
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -185,7 +186,7 @@ class PlanePredictor:
     def labels(self, probabilities: np.ndarray) -> np.ndarray:
         if self.checkpoint.info.mode == "instance":
             return probabilities_to_instances(probabilities)
-        return probabilities_to_classes(probabilities)
+        return probabilities_to_classes(probabilities, self.checkpoint.info.decision_weights)
 
     def blank_labels(self, shape: tuple[int, int]) -> np.ndarray:
         """Labels for a plane with no contrast: nothing found (0) in either mode."""
@@ -250,20 +251,34 @@ def predict_planes(
 
     Batches start at multiples of :func:`planes_per_batch` within ``order``, so a caller that cuts
     the planes into runs of such multiples (e.g. cluster tasks) feeds the network identical batches.
+    The post-processing of one batch runs in a second thread while the network computes the next.
     """
     height, width = image.shape[layout.axes.index("Y")], image.shape[layout.axes.index("X")]
     plan = predictor.plan(height, width)
     per_batch = planes_per_batch(predictor.network, height, width, predictor.batch_size, predictor.tile_size)
-    for start in range(0, len(order), per_batch):
-        indices = order[start : start + per_batch]
-        prepared = [predictor.prepare(_read_plane(image, layout, index)) for index in indices]
-        ready = [p for p in prepared if p is not None]
-        probabilities = iter(predictor.probabilities(ready) if ready else [])
-        results = []
-        for index, plane in zip(indices, prepared):
-            labels = predictor.blank_labels(plan.shape) if plane is None else predictor.labels(next(probabilities))
-            results.append(PlaneResult(index, labels))
-        yield results
+    with ThreadPoolExecutor(max_workers=1) as post_processing:
+        pending: Future[list[PlaneResult]] | None = None
+        for start in range(0, len(order), per_batch):
+            indices = order[start : start + per_batch]
+            prepared = [predictor.prepare(_read_plane(image, layout, index)) for index in indices]
+            ready = [p for p in prepared if p is not None]
+            probabilities = predictor.probabilities(ready) if ready else []
+            if pending is not None:
+                yield pending.result()
+            pending = post_processing.submit(_batch_labels, predictor, plan.shape, indices, prepared, probabilities)
+        if pending is not None:
+            yield pending.result()
+
+
+def _batch_labels(
+    predictor: PlanePredictor, shape: tuple[int, int], indices: Sequence[tuple[int, ...]],
+    prepared: list[np.ndarray | None], probabilities: list[np.ndarray],
+) -> list[PlaneResult]:
+    remaining = iter(probabilities)
+    return [
+        PlaneResult(index, predictor.blank_labels(shape) if plane is None else predictor.labels(next(remaining)))
+        for index, plane in zip(indices, prepared)
+    ]
 
 
 def iter_segment(

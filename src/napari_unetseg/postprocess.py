@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.segmentation import watershed
@@ -16,13 +18,18 @@ STRIP_ROWS = 1024
 STRIP_MARGIN = 256
 
 
-def probabilities_to_classes(probabilities: np.ndarray) -> np.ndarray:
-    """``(K, H, W)`` probabilities -> class map with values ``1..K`` (label k is class k, as painted)."""
+def probabilities_to_classes(probabilities: np.ndarray, weights: Sequence[float] | None = None) -> np.ndarray:
+    """``(K, H, W)`` probabilities -> class map with values ``1..K`` (label k is class k, as painted).
+
+    ``weights`` (one per class) scale the probabilities before the arg-max: a calibrated decision
+    rule (see :class:`~.checkpoint.ModelInfo`'s ``decision_weights``).
+    """
     dtype = np.uint8 if probabilities.shape[0] < 255 else np.uint16
+    scale = None if weights is None else np.asarray(weights, np.float32).reshape(-1, 1, 1)
     out = np.empty(probabilities.shape[1:], dtype)
     for top in range(0, out.shape[0], STRIP_ROWS):  # strips: argmax's int64 result stays small
-        rows = slice(top, top + STRIP_ROWS)
-        out[rows] = np.argmax(probabilities[:, rows], axis=0) + 1
+        rows = probabilities[:, top : top + STRIP_ROWS]
+        out[top : top + STRIP_ROWS] = np.argmax(rows if scale is None else rows * scale, axis=0) + 1
     return out
 
 

@@ -459,6 +459,12 @@ class Trainer:
             self.history.append(progress)
             yield progress
 
+    @property
+    def validation_planes(self) -> list[int]:
+        """Indices of the annotated planes that hold pixels held out for validation."""
+        return [k for k, plane in enumerate(self.planes)
+                if plane.val_targets is not None and bool((plane.val_targets >= 0).any())]
+
     def result(self) -> TrainResult:
         """The best weights so far (the current ones if none were kept yet) with provenance."""
         model = copy.deepcopy(self.model).cpu()
