@@ -1,0 +1,77 @@
+"""Accuracy of the built-in models on data, as quoted in docs/models.md.
+
+    python benchmarks/accuracy.py            # needs ../shared/data (ISBI 2012, cells3d nuclei)
+
+* ``em-membranes`` on the ISBI 2012 test slices 25-29: pixel error and adapted Rand error with the
+  shipped decision rule and with the plain arg-max.
+* ``nuclei`` on the real cells3d nuclei stack (rough 3D labels, a development check): object F1 at
+  IoU 0.5 slice by slice (objects pooled over the slices), over slices 15-44 and over the in-focus
+  slices 24-40; and on held-out synthetic planes (those of ``recipes/train_nuclei.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from napari_unetseg.inference import resolve_checkpoint, segment
+from napari_unetseg.metrics import evaluate, object_matching
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+
+
+def em_scores(precision: str) -> dict:
+    volume = tifffile.imread(SHARED / "isbi2012" / "train-volume.tif")[25:30]
+    truth = tifffile.imread(SHARED / "isbi2012" / "train-labels.tif")[25:30]
+    shipped = resolve_checkpoint("em-membranes")
+    argmax = replace(shipped, info=replace(shipped.info, decision_weights=None))
+    rows = {}
+    for name, checkpoint in (("shipped", shipped), ("argmax", argmax)):
+        scores = evaluate(segment(volume, checkpoint, device="cpu", precision=precision), truth, "semantic", foreground=(2, 255))
+        rows[name] = {key: round(scores[key], 4)
+                      for key in ("pixel_error", "adapted_rand_error", "adapted_rand_error_unthinned")}
+    return rows
+
+
+def nuclei_scores(precision: str) -> dict:
+    from train_nuclei import synthetic_set
+
+    image = tifffile.imread(SHARED / "cells3d-nuclei" / "nuclei.tif")
+    truth = tifffile.imread(SHARED / "cells3d-nuclei" / "nuclei_label.tif")
+    labels = segment(image, "nuclei", device="cpu", precision=precision)
+
+    def f1(planes: slice) -> float:
+        return round(object_matching(labels[planes], truth[planes], per_slice=True, thresholds=(0.5,))["f1"], 4)
+
+    images, synthetic_truth = synthetic_set(24, seed=10_000)
+    synthetic = object_matching(segment(images, "nuclei", device="cpu", precision=precision), synthetic_truth, per_slice=True)
+    return {
+        "cells3d_f1_slices_15_44": f1(slice(15, 45)),
+        "cells3d_f1_in_focus_24_40": f1(slice(24, 41)),
+        "cells3d_f1_per_slice": {z: f1(slice(z, z + 1)) for z in range(15, 45)},
+        "synthetic_f1": round(synthetic["f1"], 4),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["em", "nuclei"])
+    parser.add_argument("--precision", default="auto", help="auto (what users get), float32 (as the recipes score)")
+    args = parser.parse_args()
+    result = {}
+    if "em" not in args.skip:
+        result["em-membranes, ISBI slices 25-29"] = em_scores(args.precision)
+    if "nuclei" not in args.skip:
+        result["nuclei"] = nuclei_scores(args.precision)
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
