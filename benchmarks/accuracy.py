@@ -17,7 +17,6 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import tifffile
 
 from napari_unetseg.inference import resolve_checkpoint, segment
@@ -34,7 +33,8 @@ def em_scores(precision: str) -> dict:
     argmax = replace(shipped, info=replace(shipped.info, decision_weights=None))
     rows = {}
     for name, checkpoint in (("shipped", shipped), ("argmax", argmax)):
-        scores = evaluate(segment(volume, checkpoint, device="cpu", precision=precision), truth, "semantic", foreground=(2, 255))
+        labels = segment(volume, checkpoint, device="cpu", precision=precision)
+        scores = evaluate(labels, truth, "semantic", foreground=(2, 255))
         rows[name] = {key: round(scores[key], 4)
                       for key in ("pixel_error", "adapted_rand_error", "adapted_rand_error_unthinned")}
     return rows
@@ -51,7 +51,8 @@ def nuclei_scores(precision: str) -> dict:
         return round(object_matching(labels[planes], truth[planes], per_slice=True, thresholds=(0.5,))["f1"], 4)
 
     images, synthetic_truth = synthetic_set(24, seed=10_000)
-    synthetic = object_matching(segment(images, "nuclei", device="cpu", precision=precision), synthetic_truth, per_slice=True)
+    synthetic_labels = segment(images, "nuclei", device="cpu", precision=precision)
+    synthetic = object_matching(synthetic_labels, synthetic_truth, per_slice=True)
     return {
         "cells3d_f1_slices_15_44": f1(slice(15, 45)),
         "cells3d_f1_in_focus_24_40": f1(slice(24, 41)),

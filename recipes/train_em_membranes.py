@@ -47,7 +47,8 @@ def choose_membrane_threshold(checkpoint: Checkpoint, images: np.ndarray, truth:
 
 
 def finish(
-    result: TrainResult, args: argparse.Namespace, held: list[int], volume: np.ndarray, truth: np.ndarray, started: float
+    result: TrainResult, args: argparse.Namespace, held: list[int], volume: np.ndarray, truth: np.ndarray,
+    started: float,
 ) -> None:
     """Calibrate on the held-out planes, score the test slices, write the checkpoint."""
     threshold, sweep = choose_membrane_threshold(result.checkpoint(), volume[TRAIN][held], truth[TRAIN][held])

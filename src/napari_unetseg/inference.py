@@ -217,7 +217,8 @@ def bfloat16_agrees(checkpoint: Checkpoint, planes: int = 2, size: int = 512) ->
     ``planes`` planes of ``size`` px.
     """
     channels = checkpoint.model.in_channels
-    probe = [np.repeat(synthetic_nuclei_2d((size, size), seed=seed)[0][np.newaxis], channels, 0) for seed in range(planes)]
+    probe = [np.repeat(synthetic_nuclei_2d((size, size), seed=seed)[0][np.newaxis], channels, 0)
+             for seed in range(planes)]
     labels = []
     for precision in ("float32", "bfloat16"):
         predictor = PlanePredictor(checkpoint, "cpu", planes, size, precision, "torch")

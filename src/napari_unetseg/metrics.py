@@ -353,7 +353,8 @@ def evaluate(
     result: dict[str, Any] = {"mode": mode, "per_slice": slices}
     if foreground is not None:
         pred_cells, truth_cells = prediction == foreground[0], truth == foreground[1]
-        pred_segments, truth_segments = connected_components(pred_cells, slices), connected_components(truth_cells, slices)
+        pred_segments = connected_components(pred_cells, slices)
+        truth_segments = connected_components(truth_cells, slices)
         result.update(adapted_rand_error(thin_borders(pred_segments, slices), truth_segments, per_slice=slices))
         unthinned = adapted_rand_error(pred_segments, truth_segments, per_slice=slices)
         result["adapted_rand_error_unthinned"] = unthinned["adapted_rand_error"]
