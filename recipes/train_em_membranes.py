@@ -3,7 +3,8 @@
 
     python recipes/train_em_membranes.py --overwrite
 
-Slices 0-24 are used for training, with three whole planes held out for choosing the best weights
+Cells count as touching regions for the paper's border weights (w0 = 10, sigma = 5 px), so thin
+membranes between two cells weigh most in the loss. Slices 0-24 are used for training, with three whole planes held out for choosing the best weights
 and then the decision threshold of the membrane class (the one with the lowest sum of pixel error
 and adapted Rand error on those planes); slices 25-29 are the test set (see the data's README) and
 are only segmented at the very end to report pixel error and adapted Rand error.
@@ -84,7 +85,8 @@ def main() -> None:
     config = TrainConfig(
         mode="semantic", class_names=["membrane", "cell"], iterations=args.iterations, patch_size=192,
         batch_size=8, base_channels=16, depth=4, learning_rate=2e-3, validate_every=250,
-        validation_fraction=0.12, validation_blocks=128, seed=args.seed, device="cpu", cpu_bf16=True,
+        validation_fraction=0.12, validation_blocks=128, separated_class=2, seed=args.seed, device="cpu",
+        cpu_bf16=True,
     )
     trainer = Trainer(volume[TRAIN], annotation, None, config)
     report = log_progress()

@@ -13,6 +13,7 @@ from conftest import tiny_unet, two_touching_discs
 from napari_unetseg.augment import AugmentConfig
 from napari_unetseg.checkpoint import load_checkpoint, save_checkpoint
 from napari_unetseg.normalize import normalize_plane
+from napari_unetseg.targets import separation_weights
 from napari_unetseg.training import (
     IGNORE,
     VAL_BLOCK,
@@ -94,6 +95,18 @@ def test_weight_map_is_high_in_the_gap_between_touching_discs() -> None:
     assert gap_weights.max() > 8
     assert weights[0, 0] < 2 and weights[63, 63] < 2  # far from both discs: class weight only
     assert weights[centre - 4, centre] > weights[5, centre] + 5
+
+
+def test_separation_weights_favour_thin_membranes_between_cells() -> None:
+    annotation = np.full((40, 60), 2, np.int32)  # semantic EM-style map: 1 = membrane, 2 = cell
+    annotation[:, 20] = 1  # a 1 px membrane between two cells
+    annotation[:, 38:46] = 1  # an 8 px wide membrane between two others
+    annotation[:3] = 0  # not annotated
+    weights = separation_weights(annotation, objects=2, w0=10, sigma=5)
+    assert (weights[:3] == 0).all()
+    assert weights[20, 20] > 9  # thin gap: d1 = d2 = 1
+    assert weights[20, 42] < weights[20, 20] / 2  # the middle of the wide membrane weighs much less
+    assert weights[20, 10] == 1.0  # cells keep their class weight
 
 
 def test_weight_map_is_zero_where_not_annotated_and_ignores_far_objects() -> None:

@@ -29,6 +29,7 @@ from .targets import (
     class_weights,
     derive_targets,
     mean_iou,
+    separation_weights,
     weight_map,
     weighted_cross_entropy,
 )
@@ -48,7 +49,9 @@ class TrainConfig:
     blocks of 32x32 px (more: a steadier score, slower validation). ``freeze_encoder``: train only the
     decoder (~1.4x faster on a CPU, but adapts less to new-looking images). ``cpu_bf16``:
     bfloat16 autocast on the CPU (~1.4x faster on CPUs with native bf16, slower elsewhere).
-    ``base_channels`` / ``depth`` shape a network trained from scratch. Runs limited by
+    ``separated_class`` (semantic mode): a label whose touching regions the other classes separate
+    (EM: 2 = cell); thin separators then get the paper's border weight (``w0``, ``sigma``), as
+    instance mode always does. ``base_channels`` / ``depth`` shape a network trained from scratch. Runs limited by
     ``iterations`` are reproducible on the CPU for a given ``seed``; with ``max_seconds`` the
     learning-rate decay follows the clock.
     """
@@ -68,6 +71,7 @@ class TrainConfig:
     validation_blocks: int = 32
     w0: float = 10.0
     sigma: float = 5.0
+    separated_class: int | None = None
     seed: int = 0
     device: str = "auto"
     amp: bool = True
@@ -309,6 +313,9 @@ class Trainer:
         for p in self.planes:
             if self.mode == "instance":
                 p.weights = weight_map(p.annotation, self.config.w0, self.config.sigma, wc)
+            elif self.config.separated_class is not None:
+                p.weights = separation_weights(p.annotation, self.config.separated_class, self.config.w0,
+                                               self.config.sigma, wc)
             else:
                 p.weights = np.where(p.targets >= 0, wc[np.maximum(p.targets, 0)], 0).astype(np.float32)
             p.pixels = np.flatnonzero(p.targets >= 0)
