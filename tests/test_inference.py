@@ -182,3 +182,34 @@ def test_unknown_device_is_refused():
 
     with pytest.raises(DeviceUnavailableError, match="unknown device"):
         segment(_blobs((8, 8)), _checkpoint(), device="tpu")
+
+
+def test_auto_precision_takes_bfloat16_only_where_the_probe_agrees(monkeypatch):
+    import torch
+
+    from napari_unetseg import inference
+
+    cpu = torch.device("cpu")
+    verdicts = iter([True, False])
+    monkeypatch.setattr(inference, "cpu_supports_bf16", lambda: True)
+    monkeypatch.setattr(inference, "bfloat16_agrees", lambda checkpoint: next(verdicts))
+    agreeing, disagreeing = _checkpoint(), _checkpoint()
+    assert inference.resolve_precision(agreeing, cpu) == "bfloat16"
+    assert inference.resolve_precision(disagreeing, cpu) == "float32"
+    assert inference.resolve_precision(agreeing, cpu) == "bfloat16"  # remembered: the probe ran once
+    assert inference.resolve_precision(disagreeing, cpu, "bfloat16") == "bfloat16"  # an explicit choice stands
+
+    def broken_probe(checkpoint):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(inference, "bfloat16_agrees", broken_probe)
+    assert inference.resolve_precision(_checkpoint(), cpu) == "float32"
+    monkeypatch.setattr(inference, "cpu_supports_bf16", lambda: False)
+    assert inference.resolve_precision(_checkpoint(), cpu) == "float32"
+
+
+def test_bfloat16_probe_compares_labels_of_both_precisions():
+    from napari_unetseg.inference import bfloat16_agrees
+
+    # a network that thresholds its input gives the same objects in any precision
+    assert bfloat16_agrees(Checkpoint(ThresholdNet(), ModelInfo()), planes=1, size=128) is True

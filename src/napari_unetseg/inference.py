@@ -204,7 +204,10 @@ def resolve_precision(checkpoint: Checkpoint, device: torch.device, precision: s
     if precision != "auto" or device.type != "cpu" or not cpu_supports_bf16():
         return precision
     if checkpoint.model not in _BFLOAT16_VERDICTS:  # once per network and process
-        _BFLOAT16_VERDICTS[checkpoint.model] = bfloat16_agrees(checkpoint)
+        try:
+            _BFLOAT16_VERDICTS[checkpoint.model] = bfloat16_agrees(checkpoint)
+        except (RuntimeError, MemoryError):  # a probe that cannot run proves nothing: stay with float32
+            _BFLOAT16_VERDICTS[checkpoint.model] = False
     return "bfloat16" if _BFLOAT16_VERDICTS[checkpoint.model] else "float32"
 
 
