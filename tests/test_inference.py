@@ -205,7 +205,7 @@ def test_auto_precision_takes_bfloat16_only_where_the_probe_agrees(monkeypatch):
     monkeypatch.setattr(inference, "bfloat16_agrees", broken_probe)
     assert inference.resolve_precision(_checkpoint(), cpu) == "float32"
     monkeypatch.setattr(inference, "cpu_supports_bf16", lambda: False)
-    assert inference.resolve_precision(_checkpoint(), cpu) == "float32"
+    assert inference.resolve_precision(_checkpoint(), cpu) == "auto"  # left to optimize: float32 on a CPU
 
 
 def test_bfloat16_probe_compares_labels_of_both_precisions():
