@@ -81,6 +81,8 @@ class FastModel:
         self.model = prepared
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cuda":  # page-locked host memory: the copy to the GPU runs asynchronously
+            batch = batch.pin_memory()
         batch = batch.to(self.device, non_blocking=True)
         if self.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
