@@ -86,9 +86,7 @@ def weight_map(
     wc = class_weights(targets, len(INSTANCE_CLASSES)) if weights is None else np.asarray(weights, np.float32)
     out = np.where(targets >= 0, wc[np.maximum(targets, 0)], 0).astype(np.float32)
     for plane, plane_out in zip(ann.reshape(-1, *ann.shape[-2:]), out.reshape(-1, *ann.shape[-2:])):
-        d1, d2 = _two_nearest_objects(plane, radius=math.ceil(4 * sigma))
-        background = plane == 1
-        plane_out[background] += (w0 * np.exp(-((d1 + d2)[background] ** 2) / (2 * sigma**2))).astype(np.float32)
+        _add_border_term(plane_out, plane, plane == 1, w0, sigma)
     return out
 
 
@@ -111,9 +109,18 @@ def separation_weights(
         regions, _ = ndi.label(plane == objects)
         separators = (plane > 0) & (plane != objects)
         as_instances = np.where(regions > 0, regions + 1, separators.astype(np.int64))
-        d1, d2 = _two_nearest_objects(as_instances, radius=math.ceil(4 * sigma))
-        plane_out[separators] += (w0 * np.exp(-((d1 + d2)[separators] ** 2) / (2 * sigma**2))).astype(np.float32)
+        _add_border_term(plane_out, as_instances, separators, w0, sigma)
     return out
+
+
+def _add_border_term(weights: np.ndarray, instances: np.ndarray, where: np.ndarray, w0: float, sigma: float) -> None:
+    """Add ``w0 * exp(-(d1 + d2)^2 / (2 sigma^2))`` to ``weights`` at ``where`` (in place).
+
+    ``d1``/``d2``: distances to the nearest and second-nearest object (id >= 2) of the 2D plane
+    ``instances``.
+    """
+    d1, d2 = _two_nearest_objects(instances, radius=math.ceil(4 * sigma))
+    weights[where] += (w0 * np.exp(-((d1 + d2)[where] ** 2) / (2 * sigma**2))).astype(np.float32)
 
 
 def _two_nearest_objects(plane: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:

@@ -51,8 +51,8 @@ class TrainConfig:
     bfloat16 autocast on the CPU (~1.4x faster on CPUs with native bf16, slower elsewhere).
     ``separated_class`` (semantic mode): a label whose touching regions the other classes separate
     (EM: 2 = cell); thin separators then get the paper's border weight (``w0``, ``sigma``), as
-    instance mode always does. ``base_channels`` / ``depth`` shape a network trained from scratch. Runs limited by
-    ``iterations`` are reproducible on the CPU for a given ``seed``; with ``max_seconds`` the
+    instance mode always does. ``base_channels`` / ``depth`` shape a network trained from scratch.
+    Runs limited by ``iterations`` are reproducible on the CPU for a given ``seed``; with ``max_seconds`` the
     learning-rate decay follows the clock.
     """
 
