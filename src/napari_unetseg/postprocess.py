@@ -47,36 +47,39 @@ def probabilities_to_instances(
     :func:`instances_in_strips`.
     """
     if probabilities[0].size > STRIPWISE_PIXELS:
-        labels = instances_in_strips(probabilities, threshold, min_size)
+        labels = instances_in_strips(probabilities, threshold)
     else:
-        labels = _instances(probabilities, threshold, min_size)
-    return drop_fragments(labels, relative_min_size)
+        labels = _instances(probabilities, threshold)
+    return drop_small_objects(labels, min_size, relative_min_size)
 
 
-def drop_fragments(labels: np.ndarray, relative_min_size: float) -> np.ndarray:
-    """Drop objects smaller than ``relative_min_size`` times the median object area; renumber 1..N."""
-    sizes = np.bincount(labels.ravel())[1:]
-    sizes = sizes[sizes > 0]
-    if relative_min_size <= 0 or sizes.size == 0:
-        return labels
-    return _drop_small(labels, int(relative_min_size * np.median(sizes)))
+def drop_small_objects(labels: np.ndarray, min_size: int, relative_min_size: float = 0.0) -> np.ndarray:
+    """Drop objects below ``min_size`` pixels or below ``relative_min_size`` times the median area of
+    the objects that reach ``min_size``; renumber the rest 1..N as uint32 (one pass over the pixels).
+    """
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    counted = sizes[sizes >= max(min_size, 1)]
+    if relative_min_size > 0 and counted.size:
+        min_size = max(min_size, int(relative_min_size * np.median(counted)))
+    return _drop_small(labels, sizes, min_size)
 
 
-def _instances(probabilities: np.ndarray, threshold: float, min_size: int) -> np.ndarray:
+def _instances(probabilities: np.ndarray, threshold: float) -> np.ndarray:
+    """Watershed objects of one plane or strip, every size kept."""
     foreground = probabilities[BACKGROUND] < threshold
     interior = (probabilities[INTERIOR] > threshold) & foreground
     seeds, count = ndi.label(interior)
     if count == 0:
         return np.zeros(foreground.shape, np.uint32)
-    labels = watershed(probabilities[BOUNDARY], markers=seeds, mask=foreground)
-    return _drop_small(labels, min_size)
+    return watershed(probabilities[BOUNDARY], markers=seeds, mask=foreground)
 
 
 def instances_in_strips(
-    probabilities: np.ndarray, threshold: float = 0.5, min_size: int = 8,
-    rows: int = STRIP_ROWS, margin: int = STRIP_MARGIN,
+    probabilities: np.ndarray, threshold: float = 0.5, rows: int = STRIP_ROWS, margin: int = STRIP_MARGIN
 ) -> np.ndarray:
-    """:func:`probabilities_to_instances` one strip of ``rows`` rows at a time, with ``margin`` rows of context.
+    """The watershed of :func:`probabilities_to_instances`, one strip of ``rows`` rows at a time, with
+    ``margin`` rows of context (objects of every size: the caller drops small ones).
 
     Memory is bounded by one strip (the watershed works in float64) rather than the plane. An
     object belongs to the strip holding its first row and gets a new id there; objects that
@@ -89,7 +92,7 @@ def instances_in_strips(
     next_id = 0
     for top in range(0, height, rows):
         low, high = max(0, top - margin), min(height, top + rows + margin)
-        labels = _instances(probabilities[:, low:high], threshold, min_size)
+        labels = _instances(probabilities[:, low:high], threshold)
         first_rows = np.array([s[0].start + low if s is not None else height for s in ndi.find_objects(labels)])
         region = out[low:high]
         lookup = np.zeros(len(first_rows) + 1, np.uint32)
@@ -113,9 +116,8 @@ def _earlier_ids(labels: np.ndarray, written: np.ndarray, earlier: np.ndarray) -
     return best[1:][earlier]
 
 
-def _drop_small(labels: np.ndarray, min_size: int) -> np.ndarray:
-    """Remove objects below ``min_size`` pixels and renumber the rest 1..N as uint32."""
-    sizes = np.bincount(labels.ravel())
+def _drop_small(labels: np.ndarray, sizes: np.ndarray, min_size: int) -> np.ndarray:
+    """Remove objects below ``min_size`` pixels (``sizes``: pixels per id) and renumber the rest 1..N as uint32."""
     keep = sizes >= min_size
     keep[0] = False
     lookup = np.zeros(len(sizes), np.uint32)
