@@ -219,6 +219,28 @@ def test_validation_holds_out_painted_pixels_and_keeps_the_best(tmp_path: Path) 
     assert load_checkpoint(path).info.training["iterations"] == 4
 
 
+
+def test_a_scorer_picks_the_kept_weights() -> None:
+    """A recipe's own score (e.g. whole held-out planes) replaces the IoU on painted pixels."""
+    image, annotation = blobs(64)
+    scores, seen = iter([0.2, 0.9, 0.4]), []
+
+    def scorer(checkpoint) -> float:
+        assert not checkpoint.model.training and checkpoint.info.mode == "instance"
+        seen.append({k: v.clone() for k, v in checkpoint.model.state_dict().items()})
+        return next(scores)
+
+    trainer = Trainer(image, annotation, None, scorer=scorer, **{**FAST, "iterations": 6, "validate_every": 2},
+                      base_channels=4, depth=2, validation_fraction=0.0)
+    history = list(trainer.steps())
+    assert [p.iteration for p in history if p.validated] == [2, 4, 6]
+    assert [p.iteration for p in history if p.best_so_far] == [2, 4]
+    result = trainer.result()
+    assert result.best_iteration == 4 and result.info.training["metrics"]["val_score"] == 0.9
+    kept = result.model.state_dict()
+    assert all(torch.equal(kept[k], seen[1][k]) for k in kept)
+    assert not all(torch.equal(kept[k], seen[2][k]) for k in kept)
+
 def test_stack_uses_annotated_planes_only_and_holds_out_whole_planes() -> None:
     image, annotation = blobs(32)
     stack = np.stack([image] * 6)

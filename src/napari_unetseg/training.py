@@ -86,8 +86,8 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class TrainProgress:
-    """State after one iteration. ``val_score``: latest mean IoU on held-out painted pixels (None
-    without validation); ``validated``: measured at this iteration; ``best_so_far``: these weights
+    """State after one iteration. ``val_score``: latest mean IoU on held-out painted pixels, or the
+    trainer's ``scorer`` score (None without validation); ``validated``: measured at this iteration; ``best_so_far``: these weights
     are now the ones kept; ``seconds``: since the trainer was created."""
 
     iteration: int
@@ -271,11 +271,20 @@ class Trainer:
 
     ``model``: ``None`` (a new network), a :class:`Checkpoint`, a checkpoint path or built-in
     name, or a bare :class:`UNet`; it is copied, never modified. ``options`` override fields of
-    ``config`` (see :class:`TrainConfig`).
+    ``config`` (see :class:`TrainConfig`). ``scorer`` (optional) replaces the mean IoU on held-out
+    painted pixels as the score that picks the best weights: it gets the current network as a
+    :class:`Checkpoint` (eval mode) and returns a number, higher is better; a recipe can, for
+    example, segment whole held-out planes and score them the way the model will be judged.
     """
 
     def __init__(
-        self, image: Any, annotation: Any, model: Any = None, config: TrainConfig | None = None, **options: Any
+        self,
+        image: Any,
+        annotation: Any,
+        model: Any = None,
+        config: TrainConfig | None = None,
+        scorer: Callable[[Checkpoint], float] | None = None,
+        **options: Any,
     ) -> None:
         self._start = time.perf_counter()
         cfg = self.config = replace(config or TrainConfig(), **options)
@@ -303,6 +312,7 @@ class Trainer:
         self.in_size, self.out_size = self._patch_sizes(cfg.patch_size)
         self._setup_optimizer(parent is None)
         self._val_batch = self._validation_batch() if self.val_blocks else None
+        self.scorer = scorer
         self.history: list[TrainProgress] = []
         self.best_state: dict[str, torch.Tensor] | None = None
         self.best_iteration, self.best_metric, self.last_val, self.stopped, self.done = 0, -math.inf, None, False, 0
@@ -377,11 +387,19 @@ class Trainer:
             targets.append(sample_labels(self.planes[k].val_targets, block, IGNORE))
         return torch.from_numpy(np.stack(images))[:, None], np.stack(targets)
 
+    @property
+    def validates(self) -> bool:
+        """Whether training scores held-out data to pick the best weights."""
+        return self._val_batch is not None or self.scorer is not None
+
     @torch.no_grad()
     def validate(self) -> float:
-        """Mean IoU over classes on the held-out painted pixels (model left in eval mode)."""
-        images, targets = self._val_batch
+        """The ``scorer``'s score, else the mean IoU over classes on the held-out painted pixels
+        (model left in eval mode)."""
         self.model.eval()
+        if self.scorer is not None:
+            return float(self.scorer(Checkpoint(model=self.model, info=self._info())))
+        images, targets = self._val_batch
         c, predicted = self._val_crop, []
         for chunk in images.split(8):
             with torch.autocast(self.device.type, self.autocast_dtype, enabled=self.use_autocast):
@@ -438,7 +456,7 @@ class Trainer:
         never makes it worse on held-out pixels), else lowest smoothed training loss.
         """
         cfg, total = self.config, self.config.iterations
-        if self._val_batch is not None and not self.head_reset and self.done == 0:
+        if self.validates and not self.head_reset and self.done == 0:
             self.best_metric = self.last_val = self.validate()
             self._keep_best()
         smoothed, per_step, start, done_before = None, 0.0, time.perf_counter(), self.done
@@ -453,11 +471,11 @@ class Trainer:
             per_step = (time.perf_counter() - start) / (self.done - done_before)
             smoothed = loss if smoothed is None else 0.9 * smoothed + 0.1 * loss
             last = self.done == total or not self._fits(per_step)
-            validated = self._val_batch is not None and (self.done % cfg.validate_every == 0 or last)
+            validated = self.validates and (self.done % cfg.validate_every == 0 or last)
             if validated:
                 self.last_val = self.validate()
-            metric = self.last_val if self._val_batch is not None else -smoothed
-            best = (validated or self._val_batch is None) and math.isfinite(metric) and metric > self.best_metric
+            metric = self.last_val if self.validates else -smoothed
+            best = (validated or not self.validates) and math.isfinite(metric) and metric > self.best_metric
             if best:
                 self.best_metric = metric
                 self._keep_best()
@@ -486,8 +504,11 @@ class Trainer:
         parent_name = parent.name if parent else None
         name = cfg.name or (f"{parent_name}-finetuned" if parent_name else f"unet-{self.mode}")
         metrics: dict[str, Any] = {"final_loss": self.history[-1].loss if self.history else None}
-        if self._val_batch is not None:
-            metrics["val_mean_iou"] = self.best_metric if math.isfinite(self.best_metric) else None
+        best = self.best_metric if math.isfinite(self.best_metric) else None
+        if self.scorer is not None:
+            metrics["val_score"] = best
+        elif self._val_batch is not None:
+            metrics["val_mean_iou"] = best
             metrics["val_pixels"] = int((self._val_batch[1] >= 0).sum())
         settings = {k: v for k, v in asdict(cfg).items() if k not in ("augment", "class_names", "name", "description")}
         training = {
