@@ -91,7 +91,7 @@ def finish(
 
 
 def main() -> None:
-    args = recipe_arguments(__doc__.split("\n\n")[0], "em-membranes", iterations=4000)
+    args = recipe_arguments(__doc__.split("\n\n")[0], "em-membranes", iterations=6000)
     started = time.time()
     volume = tifffile.imread(ISBI / "train-volume.tif")
     truth = tifffile.imread(ISBI / "train-labels.tif")

@@ -1,6 +1,5 @@
 """Inference speed-ups keep the network's answers."""
 
-import numpy as np
 import pytest
 import torch
 
