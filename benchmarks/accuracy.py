@@ -6,7 +6,8 @@
   shipped decision rule and with the plain arg-max.
 * ``nuclei`` on the real cells3d nuclei stack (rough 3D labels, a development check): object F1 at
   IoU 0.5 slice by slice (objects pooled over the slices), over slices 15-44 and over the in-focus
-  slices 24-40; and on held-out synthetic planes (those of ``recipes/train_nuclei.py``).
+  slices 24-40; the mean number of objects found on the slices with no nuclei (above the cells);
+  and on held-out synthetic planes (those of ``recipes/train_nuclei.py``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import tifffile
 
 from napari_unetseg.inference import resolve_checkpoint, segment
@@ -53,7 +55,11 @@ def nuclei_scores(precision: str) -> dict:
     images, synthetic_truth = synthetic_set(24, seed=10_000)
     synthetic_labels = segment(images, "nuclei", device="cpu", precision=precision)
     synthetic = object_matching(synthetic_labels, synthetic_truth, per_slice=True)
+    empty = [z for z in range(len(truth)) if not truth[z].any()]  # slices above (and below) the cells
+    objects_on_empty = [len(np.unique(labels[z])) - 1 for z in empty]
     return {
+        "cells3d_objects_per_empty_slice": round(float(np.mean(objects_on_empty)), 2),
+        "cells3d_empty_slices": f"{min(empty)}-{max(empty)} ({len(empty)})",
         "cells3d_f1_slices_15_44": f1(slice(15, 45)),
         "cells3d_f1_in_focus_24_40": f1(slice(24, 41)),
         "cells3d_f1_per_slice": {z: f1(slice(z, z + 1)) for z in range(15, 45)},

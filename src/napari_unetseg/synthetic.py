@@ -48,6 +48,7 @@ DEFAULT_STYLE: dict[str, tuple[float, float]] = {
     "z_spacing": (1.0, 3.0),  # 3D only: z step / xy pixel size
     "z_scale": (0.5, 1.0),  # 3D only: nucleus height / width
     "axial_blur": (2.0, 4.0),  # 3D only: PSF sigma along z / in xy
+    "layer": (0.25, 1.0),  # 3D only: share of the depth holding nuclei (slices above and below get only their glow)
 }
 _STYLE_3D = {**DEFAULT_STYLE, "radius": (5.0, 20.0), "coverage": (0.03, 0.4)}  # several, separable nuclei per stack
 _LOG_UNIFORM = frozenset({"radius", "blur", "background", "photons"})
@@ -93,6 +94,8 @@ def _place_centres(rng: np.random.Generator, radius: np.ndarray, extent: np.ndar
         move = (pts[j] - pts[i]) * (push / np.maximum(dist, 1e-3))[:, None]
         for d in range(ndim):
             pts[:, d] += np.bincount(j, move[:, d], n) - np.bincount(i, move[:, d], n)
+        if ndim == 3:  # stay in the layer: crowded neighbours move sideways rather than above each other
+            pts[:, 0] = np.clip(pts[:, 0], -0.5 * r_mean, extent[0] + 0.5 * r_mean)
     return pts
 
 
@@ -119,6 +122,11 @@ def _nuclei(rng: np.random.Generator, st: _Style, shape: tuple[int, ...], spacin
     """Per-nucleus parameters (arrays with one row per nucleus), in physical units (xy pixels)."""
     ndim = len(shape)
     extent = np.asarray(shape) * spacing
+    offset = np.zeros(ndim)
+    if ndim == 3:  # nuclei fill a central layer, as a cell layer does in a real stack
+        layer = st("layer")
+        offset[0] = extent[0] * (1 - layer) / 2
+        extent = extent * np.array([layer, 1.0, 1.0])
     r_mean, z_scale = st("radius"), st("z_scale") if ndim == 3 else 1.0
     unit = np.pi * r_mean**2 if ndim == 2 else 4 / 3 * np.pi * r_mean**3 * z_scale
     n = int(np.clip(round(st("coverage") * extent.prod() / unit), 1, _MAX_NUCLEI))
@@ -132,7 +140,7 @@ def _nuclei(rng: np.random.Generator, st: _Style, shape: tuple[int, ...], spacin
     bright = np.maximum(bright, 0.15)  # dim, yet not invisible: labels must stay learnable
     n_nucleoli = np.minimum(rng.poisson(st("nucleoli"), n), _MAX_NUCLEOLI)
     p = {
-        "centre": _place_centres(rng, radius, extent, st),
+        "centre": _place_centres(rng, radius, extent, st) + offset,
         "radius": radius,
         "axes": axes,
         "rot": _rotations(rng, n, ndim),
