@@ -33,8 +33,11 @@ TEST = slice(25, 30)
 THRESHOLDS = np.round(np.arange(0.30, 0.901, 0.05), 2)
 
 
-def choose_membrane_threshold(checkpoint: Checkpoint, images: np.ndarray, truth: np.ndarray) -> tuple[float, list]:
-    """The membrane probability above which a pixel is called membrane, chosen on held-out planes.
+def choose_membrane_threshold(
+    checkpoint: Checkpoint, images: np.ndarray, truth: np.ndarray
+) -> tuple[tuple[float, float, float], list]:
+    """The membrane probability above which a pixel is called membrane, chosen on held-out planes:
+    the best (threshold, pixel error, Rand error) row, and the whole sweep.
 
     The network was trained with class-balanced weights, which favour the rarer membrane class:
     the plain arg-max (0.5) draws membranes thicker than the annotators did.
@@ -45,18 +48,17 @@ def choose_membrane_threshold(checkpoint: Checkpoint, images: np.ndarray, truth:
     for threshold in THRESHOLDS:
         scores = evaluate(np.where(membrane > threshold, 1, 2), truth, "semantic", foreground=(2, 255))
         sweep.append((float(threshold), round(scores["pixel_error"], 4), round(scores["adapted_rand_error"], 4)))
-    best = min(sweep, key=lambda row: row[1] + row[2])
-    return best[0], sweep
+    return min(sweep, key=lambda row: row[1] + row[2]), sweep
 
 
 def held_out_scorer(images: np.ndarray, truth: np.ndarray):
     """A trainer ``scorer``: minus the lowest (pixel error + Rand error) over the threshold sweep."""
 
     def score(checkpoint: Checkpoint) -> float:
-        threshold, sweep = choose_membrane_threshold(checkpoint, images, truth)
-        row = next(row for row in sweep if row[0] == threshold)
-        print(f"  held-out: threshold {threshold:.2f}  pixel error {row[1]:.4f}  Rand error {row[2]:.4f}", flush=True)
-        return -(row[1] + row[2])
+        (threshold, pixel_error, rand_error), _ = choose_membrane_threshold(checkpoint, images, truth)
+        print(f"  held-out: threshold {threshold:.2f}  pixel error {pixel_error:.4f}  Rand error {rand_error:.4f}",
+              flush=True)
+        return -(pixel_error + rand_error)
 
     return score
 
@@ -66,7 +68,7 @@ def finish(
     started: float,
 ) -> None:
     """Calibrate on the held-out planes, score the test slices, write the checkpoint."""
-    threshold, sweep = choose_membrane_threshold(result.checkpoint(), volume[TRAIN][held], truth[TRAIN][held])
+    (threshold, _, _), sweep = choose_membrane_threshold(result.checkpoint(), volume[TRAIN][held], truth[TRAIN][held])
     print("held-out planes", held, "threshold, pixel error, Rand error:", sweep, "->", threshold, flush=True)
     plain = evaluate(segment(volume[TEST], result.checkpoint(), device="cpu", precision="float32"), truth[TEST],
                      "semantic", foreground=(2, 255))

@@ -109,7 +109,6 @@ def test_3d_stack_labels_are_consistent_and_anisotropic():
     np.testing.assert_array_equal(labels, synthetic_nuclei_3d((20, 64, 64), seed=1, z_spacing=3.0, radius=8.0, coverage=0.2)[1])
 
 
-
 def test_3d_nuclei_fill_a_layer_with_glow_only_slices_above_and_below():
     image, labels = synthetic_nuclei_3d((40, 64, 64), seed=3, z_spacing=2.0, radius=6.0, z_scale=0.6,
                                         coverage=0.3, layer=0.3)
@@ -117,6 +116,7 @@ def test_3d_nuclei_fill_a_layer_with_glow_only_slices_above_and_below():
     assert occupied.size and occupied.min() > 3 and occupied.max() < 36  # empty slices at both ends
     nearest, far = image[occupied.min() - 1], image[0]
     assert nearest.mean() > far.mean()  # the slice next to the layer still sees its out-of-focus light
+
 
 def test_sample_data_is_fixed():
     image, labels = sample_image_2d()

@@ -219,7 +219,6 @@ def test_validation_holds_out_painted_pixels_and_keeps_the_best(tmp_path: Path) 
     assert load_checkpoint(path).info.training["iterations"] == 4
 
 
-
 def test_a_scorer_picks_the_kept_weights() -> None:
     """A recipe's own score (e.g. whole held-out planes) replaces the IoU on painted pixels."""
     image, annotation = blobs(64)
@@ -240,6 +239,7 @@ def test_a_scorer_picks_the_kept_weights() -> None:
     kept = result.model.state_dict()
     assert all(torch.equal(kept[k], seen[1][k]) for k in kept)
     assert not all(torch.equal(kept[k], seen[2][k]) for k in kept)
+
 
 def test_stack_uses_annotated_planes_only_and_holds_out_whole_planes() -> None:
     image, annotation = blobs(32)

@@ -87,8 +87,8 @@ class TrainConfig:
 @dataclass(frozen=True)
 class TrainProgress:
     """State after one iteration. ``val_score``: latest mean IoU on held-out painted pixels, or the
-    trainer's ``scorer`` score (None without validation); ``validated``: measured at this iteration; ``best_so_far``: these weights
-    are now the ones kept; ``seconds``: since the trainer was created."""
+    trainer's ``scorer`` score (None without validation); ``validated``: measured at this iteration;
+    ``best_so_far``: these weights are now the ones kept; ``seconds``: since the trainer was created."""
 
     iteration: int
     total_iterations: int
