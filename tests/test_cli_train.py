@@ -81,3 +81,26 @@ def test_semantic_with_one_class_exits_2(pair, tiny_semantic_checkpoint, tmp_pat
 def test_missing_image_exits_2(pair, tmp_path, capsys):
     assert main(["train", str(tmp_path / "nope.tif"), str(pair[1]), "-o", str(tmp_path / "x.pt")]) == 2
     assert "nope.tif" in error_line(capsys)
+
+
+def test_a_fine_tune_that_does_not_improve_says_so_in_plain_words(tmp_path, tiny_instance_checkpoint, capsys,
+                                                                   monkeypatch):
+    from napari_unetseg.training import Trainer
+
+    monkeypatch.setattr(Trainer, "validate", lambda self: 0.9 if self.done == 0 else 0.3)
+    yy, xx = np.mgrid[:64, :64]
+    truth = np.zeros((64, 64), np.uint16)
+    for k, (y, x) in enumerate([(16, 16), (16, 48), (48, 16), (48, 48)], start=1):
+        truth[(yy - y) ** 2 + (xx - x) ** 2 <= 81] = k  # four objects: one is held out
+    image_path, labels_path = tmp_path / "image.tif", tmp_path / "objects.tif"
+    tifffile.imwrite(image_path, np.where(truth > 0, 900, 100).astype(np.uint16))
+    tifffile.imwrite(labels_path, np.where(truth > 0, truth + 1, 0).astype(np.uint16))  # whole objects only
+    out = tmp_path / "tuned.pt"
+    code = main(["train", str(image_path), str(labels_path), "-o", str(out), "--init", str(tiny_instance_checkpoint),
+                 "--iterations", "2", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "note: No background (label 1) is painted" in err
+    assert "did not improve on your held-out annotations" in err and "tiny kept as it was" in err
+    kept = load_checkpoint(out)
+    assert kept.info.training["metrics"]["verdict"] == "worse" and kept.info.training["best_iteration"] == 0

@@ -198,8 +198,10 @@ def test_same_seed_gives_identical_weights_on_cpu() -> None:
 
 def test_validation_holds_out_painted_pixels_and_keeps_the_best(tmp_path: Path) -> None:
     image, annotation = blobs(64)
-    trainer = Trainer(image, annotation, tiny_unet(), **{**FAST, "iterations": 4, "validate_every": 2})
-    assert trainer.val_blocks
+    annotation = np.minimum(annotation, 2)  # semantic: classes are scored pixel by pixel
+    trainer = Trainer(image, annotation, tiny_unet(num_classes=2), mode="semantic",
+                      **{**FAST, "iterations": 4, "validate_every": 2})
+    assert trainer.val_blocks and not trainer.val_windows
     plane = trainer.planes[0]
     held = plane.val_targets >= 0
     assert held.any() and (plane.targets[held] == IGNORE).all()
@@ -214,7 +216,8 @@ def test_validation_holds_out_painted_pixels_and_keeps_the_best(tmp_path: Path) 
     assert [p.validated for p in history] == [False, True, False, True]
     assert all(0 <= p.val_score <= 1 for p in history[1:])
     result = trainer.result()
-    assert result.info.training["metrics"]["val_mean_iou"] == max(p.val_score for p in history)
+    metrics = result.info.training["metrics"]
+    assert metrics["val_kind"] == "pixel mean IoU" and metrics["val_score"] == max(p.val_score for p in history)
     path = save_checkpoint(tmp_path / "trained.pt", result.model, result.info)
     assert load_checkpoint(path).info.training["iterations"] == 4
 
@@ -241,12 +244,66 @@ def test_a_scorer_picks_the_kept_weights() -> None:
     assert not all(torch.equal(kept[k], seen[2][k]) for k in kept)
 
 
+def scripted_validation(monkeypatch, scores: list[float]) -> list[dict]:
+    """Make ``Trainer.validate`` return ``scores`` in turn; returns the weights it saw at each call."""
+    scores, seen = iter(scores), []
+
+    def validate(self) -> float:
+        seen.append({k: v.clone() for k, v in self.model.state_dict().items()})
+        return next(scores)
+
+    monkeypatch.setattr(Trainer, "validate", validate)
+    return seen
+
+
+@pytest.mark.parametrize(
+    ("scores", "verdict", "kept"),
+    [
+        ([0.9, 0.6, 0.85, 0.4], "worse", 0),  # nothing comes within the tolerance: the parent stays
+        ([0.9, 0.6, 0.89, 0.85], "as good", 2),  # within the tolerance: the painting is learned
+        ([0.5, 0.6, 0.9, 0.7], "better", 2),
+    ],
+)
+def test_the_parent_is_scored_first_and_kept_unless_fine_tuning_comes_close(monkeypatch, scores, verdict, kept):
+    image, annotation = blobs(64)
+    seen = scripted_validation(monkeypatch, scores)
+    parent = tiny_unet()
+    trainer = Trainer(image, annotation, parent, **{**FAST, "validate_every": 1})
+    assert trainer.fine_tuning and trainer.validates
+    list(trainer.steps())
+    result = trainer.result()
+    assert result.parent_score == scores[0] and result.verdict == verdict and result.best_iteration == kept
+    assert all(torch.equal(result.model.state_dict()[k], seen[kept][k]) for k in seen[kept])
+    metrics = result.info.training["metrics"]
+    assert metrics["parent_val_score"] == scores[0] and metrics["verdict"] == verdict
+    assert metrics["val_score"] == (scores[0] if kept == 0 else scores[kept])
+    text = result.outcome("nuclei")
+    if verdict == "worse":
+        assert result.improved is False and "did not improve" in text and "nuclei kept as it was" in text
+        assert all(torch.equal(result.model.state_dict()[k], parent.state_dict()[k]) for k in seen[0])
+    else:
+        assert result.improved is True and f"{scores[0]:.2f} -> {scores[kept]:.2f}" in text
+
+
+def test_instance_fine_tuning_holds_out_whole_objects_and_scores_them_as_objects() -> None:
+    image, annotation = blobs(64)
+    trainer = Trainer(image, annotation, tiny_unet(), **FAST)
+    assert trainer.val_windows and trainer._val_batch is None
+    plane = trainer.planes[0]
+    held = np.unique(plane.val_annotation[plane.val_annotation >= 2])
+    assert len(held) == 1  # a quarter of the four painted discs
+    assert (plane.annotation == held[0]).sum() == (plane.val_annotation == held[0]).sum()  # held out whole
+    trained = np.unique(plane.annotation[(plane.targets >= 0) & (plane.annotation >= 2)])
+    assert set(trained) == set(range(2, 6)) - set(held)  # the others stay whole in training
+    assert 0.0 <= trainer.validate() <= 1.0
+
+
 def test_stack_uses_annotated_planes_only_and_holds_out_whole_planes() -> None:
     image, annotation = blobs(32)
     stack = np.stack([image] * 6)
     labels = np.zeros(stack.shape, np.uint8)
-    labels[[0, 2, 3, 5]] = annotation
-    trainer = Trainer(stack, labels, tiny_unet(), **FAST)
+    labels[[0, 2, 3, 5]] = np.minimum(annotation, 2)  # semantic, so pixels, not objects, are held out
+    trainer = Trainer(stack, labels, tiny_unet(num_classes=2), mode="semantic", **FAST)
     assert len(trainer.planes) == 4 and len(trainer.train_planes) == 3
     assert trainer.data["planes"] == 4
 
@@ -294,7 +351,6 @@ def test_fine_tune_from_instance_to_semantic_resets_the_head(tiny_instance_check
         (np.ones((16, 16), np.float32), "instance", "integer labels"),
         (np.ones((16, 16), np.uint8), "semantic", "at least 2 classes"),
         (np.ones((16, 16), np.uint8), "instance", "id >= 2"),
-        (np.full((16, 16), 2, np.uint8), "instance", "background"),
         (-np.ones((16, 16), np.int16), "semantic", "negative"),
     ],
 )
@@ -304,6 +360,16 @@ def test_bad_input_raises_a_clear_value_error(annotation: np.ndarray, mode: str,
         train(image, annotation, tiny_unet(), mode=mode, **FAST)
     with pytest.raises(ValueError, match=message):
         next(iter_train(image, annotation, tiny_unet(), mode=mode, **FAST))
+
+
+def test_objects_without_background_need_a_parent_whose_view_is_kept() -> None:
+    """With nothing painted as background, only the parent's predictions can teach it."""
+    image, annotation = np.random.default_rng(0).random((16, 16)), np.full((16, 16), 2, np.uint8)
+    for model, options in ((None, {}), (tiny_unet(), {"distillation": 0.0})):
+        with pytest.raises(ValueError, match="background painted"):
+            Trainer(image, annotation, model, **options, **FAST)
+    trainer = Trainer(image, annotation, tiny_unet(), **FAST)
+    assert trainer.planes[0].unpainted is not None and not trainer.planes[0].unpainted.any()
 
 
 def test_freezing_a_new_network_is_refused() -> None:

@@ -396,8 +396,18 @@ def test_from_result_shifts_ids_and_marks_background(qtbot, viewer_widget, monke
     assert not np.delete(annotation.data, 2, axis=0).any()  # slices never segmented stay unannotated
 
 
-def test_fine_tune_saves_a_version_selects_it_and_revert_goes_back(qtbot, viewer_widget, versions_root, notes):
+def held_out_scores(monkeypatch, parent: float, fine_tuned: float) -> None:
+    """Make every fine-tune score the parent and the trained weights on held-out objects as given."""
+    from napari_unetseg.training import Trainer
+
+    monkeypatch.setattr(Trainer, "validate", lambda self: parent if self.done == 0 else fine_tuned)
+
+
+def test_fine_tune_saves_a_version_selects_it_and_revert_goes_back(
+    qtbot, viewer_widget, versions_root, notes, monkeypatch
+):
     viewer, widget = viewer_widget
+    held_out_scores(monkeypatch, parent=0.5, fine_tuned=0.8)
     image, truth = small_2d()
     image_layer = viewer.add_image(image, name="cells")
     widget.finetune.new_annotations()
@@ -420,7 +430,9 @@ def test_fine_tune_saves_a_version_selects_it_and_revert_goes_back(qtbot, viewer
         and info.training["iterations"] == 3
     )
     assert widget.models.current().name == "tiny-instance-ft1" and widget.models.current().kind == "fine-tuned"
-    assert "Saved tiny-instance-ft1" in text(widget.finetune.status)
+    status = text(widget.finetune.status)
+    assert "Saved tiny-instance-ft1" in status and "improved on your held-out annotations: 0.50 -> 0.80" in status
+    assert "object(s) added" in status and "against tiny-instance" in status  # what the preview changed
     assert len(widget.finetune.plot.losses) == 3
     assert viewer.layers["cells labels"].data.shape == (96, 96)  # the live preview's output layer
     np.testing.assert_array_equal(image_layer.data, image)
@@ -442,6 +454,30 @@ def test_fine_tune_saves_a_version_selects_it_and_revert_goes_back(qtbot, viewer
     assert second.training["stopped"] is True and second.training["iterations"] < 10_000
     assert (versions_root / "tiny-instance-ft1.pt").read_bytes() == saved.read_bytes()
     assert widget.models.current().name == "tiny-instance-ft2"
+
+
+def test_a_fine_tune_that_does_not_improve_keeps_the_parent_and_says_so(
+    qtbot, viewer_widget, versions_root, notes, monkeypatch
+):
+    viewer, widget = viewer_widget
+    held_out_scores(monkeypatch, parent=0.9, fine_tuned=0.4)
+    image, truth = small_2d()
+    viewer.add_image(image, name="cells")
+    widget.finetune.new_annotations()
+    annotation = widget.finetune.annotations.value
+    annotation.data[:] = np.where(truth > 0, truth + 1, 0)  # whole objects, no background painted
+    painted = annotation.data.copy()
+    widget.finetune.iterations.value = 3
+    widget.finetune.fine_tune()
+    assert any(kind == "info" and "No background" in message for kind, message in notes)  # said before training
+    wait_idle(qtbot, widget)
+    status = text(widget.finetune.status)
+    assert "did not improve on your held-out annotations" in status and "tiny-instance kept as it was" in status
+    assert "Nothing was saved" in status and "(best 0.40 against 0.90)" in status
+    assert notes[-1][0] == "info" and " ".join(notes[-1][1].split()) == status
+    assert not versions_root.exists() or not list(versions_root.glob("*.pt"))
+    assert widget.models.current().name == "tiny-instance"
+    np.testing.assert_array_equal(annotation.data, painted)
 
 
 def test_fine_tune_to_a_chosen_file(qtbot, viewer_widget, tmp_path):

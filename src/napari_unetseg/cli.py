@@ -462,6 +462,8 @@ def _run_train(args: argparse.Namespace) -> int:
     bar = ProgressBar("train", sys.stderr, enabled=not args.quiet, unit="iterations")
 
     def report(step) -> None:
+        if step.iteration == 1 and not args.quiet:  # the annotation was accepted: say what it cannot teach
+            _print_painting_advice(labels, args.mode, parent)
         score = "" if step.val_score is None else f" val {step.val_score:.3f}"
         bar.label = f"train loss {step.loss:.4f}{score}"
         bar(step.iteration, step.total_iterations)
@@ -473,10 +475,18 @@ def _run_train(args: argparse.Namespace) -> int:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(args.output, result.model, result.info, overwrite=args.overwrite)
     if not args.quiet:
-        best = result.history[result.best_iteration - 1] if result.best_iteration else None
-        score = f", validation {best.val_score:.3f}" if best is not None and best.val_score is not None else ""
-        print(f"wrote {args.output} (best weights from iteration {result.best_iteration}{score})", file=sys.stderr)
+        print(f"wrote {args.output}: {result.outcome(parent.info.name if parent else 'the new network')}",
+              file=sys.stderr)
     return 0
+
+
+def _print_painting_advice(labels: np.ndarray, mode: str | None, parent: Checkpoint | None) -> None:
+    from .targets import painting_advice
+
+    mode = mode or (parent.info.mode if parent is not None else "instance")
+    fine_tuning = parent is not None and parent.info.mode == mode
+    for advice in painting_advice([labels], mode, fine_tuning):
+        print(f"note: {advice}", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------- models

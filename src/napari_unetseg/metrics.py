@@ -285,6 +285,55 @@ def object_matching(
     }
 
 
+# --------------------------------------------------------------------------- painted objects
+
+
+def painted_object_score(labels: ArrayLike, annotation: ArrayLike, closed: ArrayLike) -> float:
+    """How well predicted instance ``labels`` reproduce painted objects of one plane, 0 to 1.
+
+    ``annotation``: painted values (0 = not scored, 1 = background, 2+ = objects); ``closed``: the
+    pixels of objects painted whole. Each painted object is paired with the predicted object that
+    covers most of it; its quality is that object's IoU with the painting when painted whole, or
+    the share of the stroke it covers when painted as a stroke (0 when the predicted object also
+    takes most of another painted object: a merge). An object scores half for being found (quality
+    >= 0.5) and half its quality. Background pixels count as one more item, scored by the share
+    predicted as background. Returns the mean over items (1.0 when nothing is scored).
+    """
+    labels, annotation = _pair(labels, annotation)
+    closed = np.asarray(closed, bool).ravel()
+    painted_ids, painted = _dense_ids(np.where(annotation >= 2, annotation, 0))
+    predicted_ids, predicted = _dense_ids(labels)
+    overlap = sparse.coo_array(
+        (np.ones(painted.size), (painted, predicted)), shape=(len(painted_ids), len(predicted_ids))
+    ).toarray()
+    overlap[:, predicted_ids == 0] = 0  # background is no object
+    predicted_sizes = np.bincount(predicted, minlength=len(predicted_ids))
+    objects = np.flatnonzero(painted_ids >= 2)
+    owners = overlap[objects].argmax(axis=1)
+    items = []
+    for k, owner in zip(objects, owners):
+        hit, size = overlap[k, owner], int((painted == k).sum())
+        if hit == 0:
+            quality = 0.0
+        elif closed[painted == k].mean() >= 0.5:
+            quality = hit / (size + predicted_sizes[owner] - hit)
+        else:
+            quality = 0.0 if (owners == owner).sum() > 1 else hit / size
+        items.append(0.5 * (quality >= 0.5) + 0.5 * quality)
+    background = annotation == 1
+    if background.any():
+        items.append(float((labels[background] == 0).mean()))
+    return float(np.mean(items)) if items else 1.0
+
+
+def object_changes(labels: ArrayLike, reference: ArrayLike) -> tuple[int, int]:
+    """Objects of ``labels`` that ``reference`` lacks and objects of ``reference`` that ``labels`` lacks
+    (no partner at IoU 0.5), e.g. what fine-tuning added and removed on the slice in view."""
+    reference_ids, label_ids, iou = object_iou(labels, reference)
+    found, partners = match_objects(iou, 0.5)
+    return len(label_ids) - len(partners), len(reference_ids) - len(found)
+
+
 # --------------------------------------------------------------------------- agreement of two runs
 
 #: Labels count as the same result when this share of pixels agrees (foreground for instances) ...

@@ -4,13 +4,17 @@ Annotation convention: 0 = not annotated (ignored by the loss), 1 = background.
 ``instance`` mode: each object painted with its own id >= 2; targets are background / interior /
 boundary (classes 0 / 1 / 2). ``semantic`` mode: label k >= 1 is class k (target index k - 1).
 
-Boundary rule for sparse strokes: an object pixel is ``boundary`` only when one of its 8
-neighbours is annotated with a *different* value (background or another object id). Pixels
-next to unannotated (0) pixels stay ``interior``: painting id k says "inside object k", and the
-edge of a partial stroke is not an object edge. A densely painted object (surrounded by
-background or other objects) therefore gets its full boundary; image borders never count.
-An object painted completely but with no background around it teaches no boundary: paint a
-little background around objects whose outline matters.
+What a painted object means depends on how it was painted, so the boundary rule does too:
+
+* An object pixel next to a pixel painted with a *different* value (background or another
+  object) is ``boundary``, whatever the style.
+* A **closed** object, one painted whole (see :func:`closed_objects`), also gets ``boundary`` along
+  its edge against unannotated (0) pixels: painting a whole nucleus says where it ends, even
+  with nothing painted around it.
+* A **stroke**, a thin line or a dab inside an object, says only "inside object k": its edge
+  against unannotated pixels stays ``interior``.
+
+Image borders never count as edges.
 """
 
 from __future__ import annotations
@@ -34,12 +38,71 @@ def check_labels(annotation: np.ndarray) -> None:
         raise ValueError("annotation must not contain negative labels (0 = not annotated, 1 = background)")
 
 
-def derive_targets(annotation: np.ndarray, mode: str) -> np.ndarray:
+def closed_objects(
+    annotation: np.ndarray, reference: np.ndarray | None = None, min_radius: float = 4.0, min_cover: float = 0.4
+) -> np.ndarray:
+    """Mask of the object pixels (id >= 2) of a 2D plane whose object was painted whole, not as a stroke.
+
+    An object counts as painted whole when it is thick (a pixel at least ``min_radius`` px from its
+    edge: thin lines are strokes) and, if ``reference`` (the labels a model predicts for this plane)
+    has an object under it, it covers at least ``min_cover`` of the largest such object, so a dab
+    inside a nucleus the model already finds is a stroke, while a whole nucleus is closed even where
+    the model split or merged it. Without a reference, thickness alone decides.
+    """
+    ann = np.asarray(annotation)
+    closed = np.zeros(ann.shape, bool)
+    ids, compact = np.unique(np.where(ann >= 2, ann, 0), return_inverse=True)
+    compact = compact.reshape(ann.shape) + (0 if ids[0] == 0 else 1)
+    ref_sizes = np.bincount(np.asarray(reference).ravel()) if reference is not None else None
+    for index, box in enumerate(ndi.find_objects(compact), start=1):
+        if box is None:
+            continue
+        mask = compact[box] == index
+        if ndi.distance_transform_edt(np.pad(mask, 1)).max() < min_radius:
+            continue
+        if reference is not None:
+            under = np.asarray(reference)[box][mask]
+            under = under[under > 0]
+            if under.size:
+                largest = np.bincount(under).argmax()
+                if mask.sum() < min_cover * ref_sizes[largest]:
+                    continue
+        closed[box] |= mask
+    return closed
+
+
+def painting_advice(annotations: list[np.ndarray], mode: str, fine_tuning: bool) -> list[str]:
+    """What a person should know about their painting before training on it, in plain sentences.
+
+    ``annotations``: the painted planes; ``fine_tuning``: training starts from a model of the same
+    mode, whose own predictions then stand for what is not painted.
+    """
+    if mode != "instance":
+        return []
+    planes = [np.asarray(a).reshape(-1, *np.shape(a)[-2:]) for a in annotations]
+    planes = [plane for stack in planes for plane in stack if plane.any()]
+    advice = []
+    objects = sum(len(np.unique(plane[plane >= 2])) for plane in planes)
+    thin = sum(len(np.unique(plane[(plane >= 2) & ~closed_objects(plane)])) for plane in planes)
+    if planes and not any((plane == 1).any() for plane in planes) and fine_tuning:
+        advice.append("No background (label 1) is painted: where nothing is painted the model keeps what it "
+                      "predicted before, so paint background strokes over any false objects you want gone.")
+    if thin:
+        advice.append(f"{thin} of {objects} objects are thin strokes: they teach the inside of objects only. "
+                      "Paint whole objects to teach where objects end.")
+    if 0 < objects < 4:
+        advice.append(f"Only {objects} object(s) painted: with 4 or more, some are held out to check that "
+                      "fine-tuning really improves the model.")
+    return advice
+
+
+def derive_targets(annotation: np.ndarray, mode: str, closed: np.ndarray | None = None) -> np.ndarray:
     """Per-pixel class indices (int32, ``IGNORE`` = -1 where not annotated) from an annotation.
 
     ``semantic``: label k -> class k - 1. ``instance``: 1 -> background (0), object pixels ->
     interior (1), or boundary (2) where an 8-neighbour in the same plane is annotated with another
-    value (see the module docstring for why unannotated neighbours do not count).
+    value, or, for pixels in ``closed`` (objects painted whole, see :func:`closed_objects`), is not
+    annotated at all (the module docstring says why).
     """
     annotation = np.asarray(annotation)
     check_labels(annotation)
@@ -56,7 +119,10 @@ def derive_targets(annotation: np.ndarray, mode: str) -> np.ndarray:
     targets[ann == 1] = 0
     objects = ann >= 2
     targets[objects] = 1
-    targets[objects & (higher | lower)] = 2
+    edge = higher | lower
+    if closed is not None:
+        edge |= closed & (ndi.minimum_filter(ann, footprint=footprint, mode="nearest") == 0)
+    targets[objects & edge] = 2
     return targets
 
 
@@ -71,7 +137,11 @@ def class_weights(targets: np.ndarray, num_classes: int, cap: float = 10.0) -> n
 
 
 def weight_map(
-    instance_labels: np.ndarray, w0: float = 10.0, sigma: float = 5.0, weights: np.ndarray | None = None
+    instance_labels: np.ndarray,
+    w0: float = 10.0,
+    sigma: float = 5.0,
+    weights: np.ndarray | None = None,
+    targets: np.ndarray | None = None,
 ) -> np.ndarray:
     """The paper's loss weights for an instance annotation (0 unannotated, 1 background, >= 2 objects).
 
@@ -79,10 +149,11 @@ def weight_map(
     only, with ``d1``/``d2`` the distances to the nearest and second-nearest object, so narrow
     background gaps between touching objects weigh a lot. ``w_c`` balances the class frequencies
     (``weights``: per-class values; computed from this annotation if ``None``). Unannotated
-    pixels get 0. Distances are measured within each 2D plane (last two axes).
+    pixels get 0. Distances are measured within each 2D plane (last two axes). ``targets``: the
+    annotation's targets if already derived (e.g. with closed objects), else derived here.
     """
     ann = np.asarray(instance_labels)
-    targets = derive_targets(ann, "instance")
+    targets = derive_targets(ann, "instance") if targets is None else targets
     wc = class_weights(targets, len(INSTANCE_CLASSES)) if weights is None else np.asarray(weights, np.float32)
     out = np.where(targets >= 0, wc[np.maximum(targets, 0)], 0).astype(np.float32)
     for plane, plane_out in zip(ann.reshape(-1, *ann.shape[-2:]), out.reshape(-1, *ann.shape[-2:])):

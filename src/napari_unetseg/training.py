@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import datetime as _dt
 import math
-import os
 import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import asdict, dataclass, field, replace
@@ -17,24 +16,45 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.nn import functional as F
 
 from .augment import AugmentConfig, augment_intensity, patch_coordinates, sample_image, sample_labels
-from .checkpoint import INSTANCE_CLASSES, MODES, Checkpoint, ModelInfo
+from .checkpoint import MODES, Checkpoint, ModelInfo
 from .device import get_device
+from .inference import PlanePredictor
+from .metrics import painted_object_score
 from .model import UNet, nearest_valid_size
-from .normalize import normalize_plane
 from .targets import (
     IGNORE,
-    check_labels,
     class_weights,
+    closed_objects,
     derive_targets,
     mean_iou,
     separation_weights,
     weight_map,
     weighted_cross_entropy,
 )
+from .training_data import (
+    VAL_BLOCK,
+    Plane,
+    annotated_planes,
+    as_pairs,
+    check_classes,
+    class_names,
+    describe,
+    painted_values,
+    resolve_parent,
+    split_blocks,
+    split_objects,
+)
 
-VAL_BLOCK = 32  # side of the square blocks of painted pixels held out for validation
+#: Fine-tuned weights replace the parent unless their validation score is this much below the parent's
+#: (a few held-out objects score a little differently from one run to the next) ...
+TOLERANCE = 0.02
+#: ... and count as better than the parent when they beat its score by this much.
+IMPROVEMENT_MARGIN = 0.01
+#: Validation segments in float32: the score compares weights, not precisions.
+VALIDATION_PRECISION = "float32"
 
 # ---------------------------------------------------------------------------- options and results
 
@@ -44,9 +64,13 @@ class TrainConfig:
     """Training options. ``mode=None``: the parent model's mode, else ``"instance"``.
 
     ``learning_rate=None``: 1e-3 for a new network, 5e-4 when fine-tuning. ``patch_size``: side
-    of the labelled patches. ``validation_fraction``: share of painted pixels (whole planes with
-    4+ annotated planes) held out to pick the best weights, scored on at most ``validation_blocks``
-    blocks of 32x32 px (more: a steadier score, slower validation). ``freeze_encoder``: train only the
+    of the labelled patches. Validation picks the weights kept: instance annotations with 4+
+    painted objects hold out about a quarter of the objects and score them as objects (see
+    :func:`~.metrics.painted_object_score`); otherwise ``validation_fraction`` of the painted
+    pixels (whole planes with 4+ annotated planes) is held out and scored by mean IoU on at most
+    ``validation_blocks`` blocks of 32x32 px. ``distillation``: weight of the parent's own
+    predictions as soft targets on unpainted pixels when fine-tuning (0 = off), so that what the
+    model knows is kept where nothing is painted. ``freeze_encoder``: train only the
     decoder (~1.4x faster on a CPU, but adapts less to new-looking images). ``cpu_bf16``:
     bfloat16 autocast on the CPU (~1.4x faster on CPUs with native bf16, slower elsewhere).
     ``separated_class`` (semantic mode): a label whose touching regions the other classes separate
@@ -69,6 +93,7 @@ class TrainConfig:
     validation_fraction: float = 0.15
     validate_every: int = 25
     validation_blocks: int = 32
+    distillation: float = 1.0
     w0: float = 10.0
     sigma: float = 5.0
     separated_class: int | None = None
@@ -86,8 +111,8 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class TrainProgress:
-    """State after one iteration. ``val_score``: latest mean IoU on held-out painted pixels, or the
-    trainer's ``scorer`` score (None without validation); ``validated``: measured at this iteration;
+    """State after one iteration. ``val_score``: latest score on held-out painted objects or pixels, or
+    the trainer's ``scorer`` score (None without validation); ``validated``: measured at this iteration;
     ``best_so_far``: these weights are now the ones kept; ``seconds``: since the trainer was created."""
 
     iteration: int
@@ -102,93 +127,60 @@ class TrainProgress:
 
 @dataclass
 class TrainResult:
-    """The trained network (best weights, eval mode, CPU), its metadata and the history."""
+    """The trained network (best weights, eval mode, CPU), its metadata and the history.
+
+    ``parent_score``: the parent's validation score before training (None when not validated);
+    ``verdict``: ``"better"`` (the kept weights beat it by :data:`IMPROVEMENT_MARGIN`), ``"as good"``
+    (within :data:`TOLERANCE` of it: kept because they also learned the painting), ``"worse"`` (no
+    fine-tuned weights came close: the kept weights are the parent's) or ``None`` (not measured:
+    no validation, or a new network).
+    """
 
     model: UNet
     info: ModelInfo
     history: list[TrainProgress]
     best_iteration: int
     stopped: bool
+    parent_score: float | None = None
+    verdict: str | None = None
+
+    @property
+    def improved(self) -> bool | None:
+        """Whether the kept weights differ from the parent's (``None``: no parent score to compare with)."""
+        return None if self.verdict is None else self.verdict != "worse"
 
     def checkpoint(self) -> Checkpoint:
         return Checkpoint(model=self.model, info=self.info)
 
-
-# ---------------------------------------------------------------------------- preparing the data
-
-
-@dataclass
-class _Plane:
-    image: np.ndarray  # normalised float32 (Y, X)
-    annotation: np.ndarray
-    targets: np.ndarray  # training targets, IGNORE where unused
-    val_targets: np.ndarray | None = None  # held-out targets, IGNORE elsewhere
-    weights: np.ndarray | None = None
-    pixels: np.ndarray | None = None  # flat indices of the training pixels
-
-
-def _as_pairs(image: Any, annotation: Any) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Validated ``(image, annotation)`` arrays; lists or tuples of arrays give several pairs."""
-    if isinstance(image, (list, tuple)):
-        if not isinstance(annotation, (list, tuple)) or len(annotation) != len(image):
-            raise ValueError("give as many annotations as images")
-        return [pair for img, ann in zip(image, annotation) for pair in _as_pairs(img, ann)]
-    img, ann = np.asarray(image), np.asarray(annotation)
-    check_labels(ann)
-    if img.ndim == ann.ndim + 1 and img.shape[-1] in (3, 4) and img.shape[:-1] == ann.shape:
-        img = np.nanmean(img.astype(np.float32), axis=-1)  # RGB(A) -> grey, as inference does
-    if img.shape != ann.shape:
-        raise ValueError(f"image shape {img.shape} and annotation shape {ann.shape} differ")
-    if not 2 <= img.ndim <= 4:
-        raise ValueError(f"need 2D (Y,X), 3D (Z,Y,X) or 4D (T,Z,Y,X) data, got shape {img.shape}")
-    return [(img, ann)]
+    def outcome(self, parent_name: str = "the start model") -> str:
+        """What the run gave, in plain words, for the CLI and the widget."""
+        iterations = len(self.history)
+        ended = " (stopped early)" if self.stopped else ""
+        metrics = self.info.training.get("metrics", {})
+        score = metrics.get("val_score")
+        if self.verdict == "worse":
+            tried = metrics.get("best_trained_val_score")
+            best = "" if tried is None else f" (best {tried:.2f} against {self.parent_score:.2f})"
+            return (f"fine-tuning did not improve on your held-out annotations in {iterations} iterations{ended}"
+                    f"{best}; {parent_name} kept as it was")
+        if self.verdict is not None:
+            how = "improved on" if self.verdict == "better" else "as good as before on"
+            return (f"{how} your held-out annotations: {self.parent_score:.2f} -> {score:.2f} "
+                    f"(weights of iteration {self.best_iteration} of {iterations}{ended})")
+        if not self.history:
+            return f"no iteration ran{ended}: the weights are {parent_name}'s"
+        checked = f"held-out score {score:.2f}" if score is not None else "too little painted to hold some out and check"
+        return f"trained {iterations} iterations{ended}, kept the weights of iteration {self.best_iteration} ({checked})"
 
 
-def _annotated_planes(pairs: list[tuple[np.ndarray, np.ndarray]], mode: str, norm: dict[str, float]) -> list[_Plane]:
-    """Every 2D plane with painted pixels, normalised like inference does (blank planes -> 0)."""
-    planes = []
-    for img, ann in pairs:
-        shape = ann.shape[-2:]
-        for img_plane, ann_plane in zip(img.reshape(-1, *shape), ann.reshape(-1, *shape)):
-            if ann_plane.any():
-                normed = normalize_plane(img_plane, norm.get("low", 1.0), norm.get("high", 99.8))
-                normed = np.zeros(shape, np.float32) if normed is None else normed
-                planes.append(_Plane(normed, ann_plane, derive_targets(ann_plane, mode)))
-    if not planes:
-        raise ValueError("nothing is annotated: paint some pixels (1 = background, 2+ = objects or classes)")
-    return planes
+# ---------------------------------------------------------------------------- the schedule
 
 
-def _check_classes(mode: str, values: set[int]) -> None:
-    if mode == "semantic" and len(values) < 2:
-        raise ValueError(f"semantic mode needs at least 2 classes annotated, found only label(s) {sorted(values)}")
-    if mode == "instance" and not any(v >= 2 for v in values):
-        raise ValueError("instance mode needs at least one object painted with an id >= 2")
-    if mode == "instance" and 1 not in values:
-        raise ValueError("instance mode needs some background painted with label 1")
-
-
-def _class_names(mode: str, max_label: int, config: TrainConfig, parent: ModelInfo | None) -> list[str]:
-    if mode == "instance":
-        return list(INSTANCE_CLASSES)
-    if config.class_names:
-        if len(config.class_names) < max_label:
-            raise ValueError(f"{len(config.class_names)} class names given but label {max_label} is annotated")
-        return list(config.class_names)
-    names = list(parent.class_names) if parent is not None and parent.mode == "semantic" else []
-    return names + [f"class {k}" for k in range(len(names) + 1, max_label + 1)]
-
-
-def _resolve_parent(model: Any) -> tuple[UNet | None, ModelInfo | None]:
-    if model is None or isinstance(model, UNet):
-        return model, None
-    if isinstance(model, (str, os.PathLike)):
-        from .models import resolve_model  # local import: the registry reads package files
-
-        model = resolve_model(model)
-    if isinstance(model, Checkpoint):
-        return model.model, model.info
-    raise ValueError(f"model must be a Checkpoint, a UNet, a path or a built-in name, got {type(model).__name__}")
+def _lr_factor(step: int, warmup: int, progress: float) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to 5% as ``progress`` goes 0 -> 1."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.05 + 0.475 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 def _setup_model(parent: UNet | None, info: ModelInfo | None, mode: str, n: int, cfg: TrainConfig) -> tuple[UNet, bool]:
@@ -204,64 +196,6 @@ def _setup_model(parent: UNet | None, info: ModelInfo | None, mode: str, n: int,
     return model, reset
 
 
-def _split_validation(
-    planes: list[_Plane], fraction: float, max_blocks: int, rng: np.random.Generator
-) -> list[tuple[int, int, int]]:
-    """Hold out painted pixels for validation (in place); return the scored blocks (plane, top, left).
-
-    With 4+ annotated planes whole planes are held out, else random 32 px blocks holding about
-    ``fraction`` of the painted pixels (blocks rather than single pixels, so that held-out pixels
-    are not just neighbours of training pixels). Nothing is held out with too little annotation
-    (< 400 pixels or < 3 blocks) or when training would lose a class.
-    """
-    counts = [{(y, x): int((p.targets[y : y + VAL_BLOCK, x : x + VAL_BLOCK] >= 0).sum())
-               for y in range(0, p.targets.shape[0], VAL_BLOCK) for x in range(0, p.targets.shape[1], VAL_BLOCK)}
-              for p in planes]
-    blocks = [(k, y, x) for k, c in enumerate(counts) for (y, x), n in c.items() if n]
-    total = sum(sum(c.values()) for c in counts)
-    if fraction <= 0 or total < 400 or len(blocks) < 3:
-        return []
-    classes = set(np.unique(np.concatenate([p.targets.ravel() for p in planes])).tolist())
-    for _ in range(10):
-        order = [blocks[i] for i in rng.permutation(len(blocks))]
-        if len(planes) >= 4:
-            held = set(rng.permutation(len(planes))[: max(1, round(fraction * len(planes)))].tolist())
-            masks = [np.full(p.targets.shape, k in held) for k, p in enumerate(planes)]
-            chosen = [b for b in order if b[0] in held]
-        else:
-            masks, chosen, held_pixels = [np.zeros(p.targets.shape, bool) for p in planes], [], 0
-            for k, y, x in order:
-                if held_pixels >= fraction * total or len(chosen) >= max_blocks:
-                    break
-                if held_pixels + counts[k][y, x] <= 2 * fraction * total:
-                    masks[k][y : y + VAL_BLOCK, x : x + VAL_BLOCK] = True
-                    held_pixels += counts[k][y, x]
-                    chosen.append((k, y, x))
-        kept = np.concatenate([p.targets[~m] for p, m in zip(planes, masks)])
-        if chosen and set(np.unique(kept).tolist()) | {IGNORE} == classes | {IGNORE}:
-            for p, m in zip(planes, masks):
-                p.val_targets = np.where(m, p.targets, IGNORE).astype(np.int32)
-                p.targets = np.where(m, IGNORE, p.targets).astype(np.int32)
-            return chosen[:max_blocks]
-    return []
-
-
-def _describe(pairs: list[tuple[np.ndarray, np.ndarray]], planes: list[_Plane], mode: str) -> dict[str, Any]:
-    """Plain-data summary of the training data for the checkpoint's provenance."""
-    counts = np.bincount(np.concatenate([p.annotation[p.annotation > 0].astype(np.int64) for p in planes]))
-    per_label = {str(k): int(c) for k, c in enumerate(counts) if c and k > 0}
-    shapes = [list(img.shape) for img, _ in pairs]
-    summary = f"{len(planes)} annotated plane(s) of {shapes}, {int(counts[1:].sum())} painted pixels ({mode})"
-    return {"summary": summary, "shapes": shapes, "planes": len(planes), "pixels_per_label": per_label}
-
-
-def _lr_factor(step: int, warmup: int, progress: float) -> float:
-    """Linear warm-up over ``warmup`` steps, then cosine decay to 5% as ``progress`` goes 0 -> 1."""
-    if step < warmup:
-        return (step + 1) / warmup
-    return 0.05 + 0.475 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
 # ---------------------------------------------------------------------------- the trainer
 
 
@@ -271,10 +205,15 @@ class Trainer:
 
     ``model``: ``None`` (a new network), a :class:`Checkpoint`, a checkpoint path or built-in
     name, or a bare :class:`UNet`; it is copied, never modified. ``options`` override fields of
-    ``config`` (see :class:`TrainConfig`). ``scorer`` (optional) replaces the mean IoU on held-out
-    painted pixels as the score that picks the best weights: it gets the current network as a
+    ``config`` (see :class:`TrainConfig`). ``scorer`` (optional) replaces the score on held-out
+    painted data as the score that picks the best weights: it gets the current network as a
     :class:`Checkpoint` (eval mode) and returns a number, higher is better; a recipe can, for
     example, segment whole held-out planes and score them the way the model will be judged.
+
+    When fine-tuning (same mode and classes as the parent), the parent first segments every
+    annotated plane: its labels tell objects painted whole from strokes (see
+    :func:`~.targets.closed_objects`), and its probabilities are kept as soft targets on the
+    unpainted pixels (``distillation``).
     """
 
     def __init__(
@@ -288,7 +227,7 @@ class Trainer:
     ) -> None:
         self._start = time.perf_counter()
         cfg = self.config = replace(config or TrainConfig(), **options)
-        parent, self.parent_info = _resolve_parent(model)
+        parent, self.parent_info = resolve_parent(model)
         self.mode = cfg.mode or (self.parent_info.mode if self.parent_info else "instance")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
@@ -296,18 +235,22 @@ class Trainer:
             raise ValueError("freeze_encoder=True needs a trained model to fine-tune")
         parent_norm = self.parent_info.normalization if self.parent_info else None
         self.normalization = dict(cfg.normalization or parent_norm or {"low": 1.0, "high": 99.8})
-        pairs = _as_pairs(image, annotation)
-        self.planes = _annotated_planes(pairs, self.mode, self.normalization)
-        values = set(np.unique(np.concatenate([np.unique(p.annotation) for p in self.planes])).tolist()) - {0}
-        _check_classes(self.mode, values)
-        self.class_names = _class_names(self.mode, max(values), cfg, self.parent_info)
-        self.data = _describe(pairs, self.planes, self.mode)
-        self.rng = np.random.default_rng(cfg.seed)
-        self.val_blocks = _split_validation(self.planes, cfg.validation_fraction, cfg.validation_blocks, self.rng)
-        self._prepare_weights()
-        torch.manual_seed(cfg.seed)
+        pairs = as_pairs(image, annotation)
+        self.planes = annotated_planes(pairs, self.normalization)
+        values = painted_values(self.planes)
+        self.class_names = class_names(self.mode, max(values), cfg.class_names, self.parent_info)
         self.device = get_device(cfg.device)
+        torch.manual_seed(cfg.seed)
         self.model, self.head_reset = _setup_model(parent, self.parent_info, self.mode, len(self.class_names), cfg)
+        self.fine_tuning = parent is not None and not self.head_reset
+        check_classes(self.mode, values, keeps_parent_view=self.fine_tuning and cfg.distillation > 0)
+        self.data = describe(pairs, self.planes, self.mode)
+        self._derive_targets()
+        self.rng = np.random.default_rng(cfg.seed)
+        self.val_windows = split_objects(self.planes, self.rng) if self.mode == "instance" else []
+        self.val_blocks = [] if self.val_windows else split_blocks(
+            self.planes, cfg.validation_fraction, cfg.validation_blocks, self.rng)
+        self._prepare_weights()
         self.model.to(self.device)
         self.in_size, self.out_size = self._patch_sizes(cfg.patch_size)
         self._setup_optimizer(parent is None)
@@ -316,13 +259,39 @@ class Trainer:
         self.history: list[TrainProgress] = []
         self.best_state: dict[str, torch.Tensor] | None = None
         self.best_iteration, self.best_metric, self.last_val, self.stopped, self.done = 0, -math.inf, None, False, 0
+        self.parent_score: float | None = None
+        self.best_tried = -math.inf  # the best validation score of any trained weights, kept or not
+
+    def _derive_targets(self) -> None:
+        """Targets per plane; when fine-tuning, the parent's view of each plane first (see the class doc)."""
+        keep_view = self.fine_tuning and self.config.distillation > 0
+        predictor = None
+        if self.fine_tuning and (keep_view or self.mode == "instance"):
+            predictor = self._predictor(self.model)
+        for p in self.planes:
+            reference = None
+            if predictor is not None:
+                probabilities = predictor.probabilities([p.image[None]])[0].astype(np.float32)
+                if keep_view:
+                    p.parent_probabilities = probabilities
+                    p.unpainted = p.annotation == 0
+                if self.mode == "instance":
+                    reference = predictor.labels(probabilities)
+            if self.mode == "instance":
+                p.closed = closed_objects(p.annotation, reference)
+            p.targets = derive_targets(p.annotation, self.mode, p.closed)
+
+    def _predictor(self, network: UNet) -> PlanePredictor:
+        """Segments normalised planes with ``network`` as users will get them, in float32."""
+        info = ModelInfo(self.mode, list(self.class_names), dict(self.normalization))
+        return PlanePredictor(Checkpoint(network.eval(), info), self.device, precision=VALIDATION_PRECISION)
 
     def _prepare_weights(self) -> None:
         """Loss weights per plane (class balance from all training pixels) and sampling odds."""
         wc = class_weights(np.concatenate([p.targets.ravel() for p in self.planes]), len(self.class_names))
         for p in self.planes:
             if self.mode == "instance":
-                p.weights = weight_map(p.annotation, self.config.w0, self.config.sigma, wc)
+                p.weights = weight_map(p.annotation, self.config.w0, self.config.sigma, wc, targets=p.targets)
             elif self.config.separated_class is not None:
                 p.weights = separation_weights(p.annotation, self.config.separated_class, self.config.w0,
                                                self.config.sigma, wc)
@@ -355,8 +324,9 @@ class Trainer:
 
     # -- batches and validation
 
-    def _sample(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """One augmented (image, targets, weights) patch around a random painted pixel."""
+    def _sample(self) -> tuple[np.ndarray, ...]:
+        """One augmented patch around a random painted pixel: image, targets, weights and, when the
+        parent's view is kept, its probabilities ``(K, h, w)`` and the mask of pixels they apply to."""
         rng, aug = self.rng, self.config.augment
         plane = self.train_planes[rng.choice(len(self.train_planes), p=self.plane_odds)]
         y, x = divmod(int(plane.pixels[rng.integers(plane.pixels.size)]), plane.targets.shape[1])
@@ -365,12 +335,28 @@ class Trainer:
         m = (self.in_size - self.out_size) // 2
         inner = coords[:, m : m + self.out_size, m : m + self.out_size]
         image = augment_intensity(sample_image(plane.image, coords), rng, aug)
-        return image, sample_labels(plane.targets, inner, IGNORE), sample_labels(plane.weights, inner, 0.0)
+        sample = (image, sample_labels(plane.targets, inner, IGNORE), sample_labels(plane.weights, inner, 0.0))
+        if plane.parent_probabilities is None:
+            return sample
+        soft = np.stack([sample_image(channel, inner) for channel in plane.parent_probabilities])
+        return (*sample, soft, sample_labels(plane.unpainted, inner, False))
 
-    def _batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _batch(self) -> list[torch.Tensor]:
+        """Stacked samples on the device: images ``(B, 1, H, W)``, then the per-pixel maps."""
         samples = [self._sample() for _ in range(self.config.batch_size)]
-        images, targets, weights = (torch.from_numpy(np.stack(a)).to(self.device) for a in zip(*samples))
-        return images[:, None], targets, weights
+        stacked = [torch.from_numpy(np.stack(a)).to(self.device) for a in zip(*samples)]
+        stacked[0] = stacked[0][:, None]
+        return stacked
+
+    def _loss(self, logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor,
+              soft: torch.Tensor | None = None, unpainted: torch.Tensor | None = None) -> torch.Tensor:
+        """Weighted cross-entropy on painted pixels, plus ``distillation`` x the cross-entropy against the
+        parent's probabilities on unpainted ones (their mean, so it weighs the same however much is painted)."""
+        loss = weighted_cross_entropy(logits, targets, weights)
+        if soft is None:
+            return loss
+        kept = -(soft * F.log_softmax(logits.float(), dim=1)).sum(dim=1)
+        return loss + self.config.distillation * (kept * unpainted).sum() / unpainted.sum().clamp(min=1)
 
     def _validation_batch(self) -> tuple[torch.Tensor, np.ndarray]:
         """Inputs with context around each held-out block, and the block's held-out targets."""
@@ -390,15 +376,17 @@ class Trainer:
     @property
     def validates(self) -> bool:
         """Whether training scores held-out data to pick the best weights."""
-        return self._val_batch is not None or self.scorer is not None
+        return bool(self.val_windows) or self._val_batch is not None or self.scorer is not None
 
     @torch.no_grad()
     def validate(self) -> float:
-        """The ``scorer``'s score, else the mean IoU over classes on the held-out painted pixels
-        (model left in eval mode)."""
+        """The ``scorer``'s score, else the score on the held-out painted objects, else the mean IoU over
+        classes on the held-out painted pixels (model left in eval mode)."""
         self.model.eval()
         if self.scorer is not None:
             return float(self.scorer(Checkpoint(model=self.model, info=self._info())))
+        if self.val_windows:
+            return self._object_score()
         images, targets = self._val_batch
         c, predicted = self._val_crop, []
         for chunk in images.split(8):
@@ -406,6 +394,20 @@ class Trainer:
                 logits = self.model(chunk.to(self.device))
             predicted.append(logits[..., c : c + VAL_BLOCK, c : c + VAL_BLOCK].argmax(1).cpu().numpy())
         return mean_iou(np.concatenate(predicted), targets, len(self.class_names))
+
+    def _object_score(self) -> float:
+        """:func:`~.metrics.painted_object_score` of the held-out objects, each window segmented as
+        users will get it, weighted by the number of held-out objects in the window."""
+        predictor = self._predictor(self.model)
+        total = weight = 0.0
+        for k, window in self.val_windows:
+            plane = self.planes[k]
+            held = plane.val_annotation[window]
+            labels = predictor.labels(predictor.probabilities([plane.image[window][None]])[0])
+            count = max(1, len(np.unique(held[held >= 2])))
+            total += count * painted_object_score(labels, held, plane.closed[window])
+            weight += count
+        return total / weight
 
     # -- training
 
@@ -421,14 +423,14 @@ class Trainer:
 
     def _step(self) -> float:
         self._set_learning_rate()
-        images, targets, weights = self._batch()
+        images, *maps = self._batch()
         self.model.train()
         if self.config.freeze_encoder:  # frozen BatchNorm layers keep their running statistics
             self.model.inc.eval()
             self.model.downs.eval()
         with torch.autocast(self.device.type, self.autocast_dtype, enabled=self.use_autocast):
             logits = self.model(images)
-        loss = weighted_cross_entropy(logits, targets, weights)
+        loss = self._loss(logits, *maps)
         self.optimizer.zero_grad(set_to_none=True)
         if torch.isfinite(loss):
             self.scaler.scale(loss).backward()
@@ -452,17 +454,21 @@ class Trainer:
 
         Ends after ``config.iterations``, before an iteration that would overrun
         ``config.max_seconds``, or when ``should_stop()`` is true (checked before each iteration).
-        Best weights: highest validation score (a fine-tuned parent is scored first, so training
-        never makes it worse on held-out pixels), else lowest smoothed training loss.
+        Best weights: highest validation score, else lowest smoothed training loss. When
+        fine-tuning, the parent is scored first and is kept unless later weights come within
+        :data:`TOLERANCE`, so training never makes it worse on held-out annotations.
         """
         cfg, total = self.config, self.config.iterations
-        if self.validates and not self.head_reset and self.done == 0:
-            self.best_metric = self.last_val = self.validate()
+        if self.validates and self.fine_tuning and self.done == 0:
+            self.parent_score = self.last_val = self.validate()
+            self.best_metric = self.parent_score - TOLERANCE
             self._keep_best()
         smoothed, per_step, start, done_before = None, 0.0, time.perf_counter(), self.done
         while self.done < total:
             if should_stop is not None and should_stop():
                 self.stopped = True
+                if self.validates and self.history and not self.history[-1].validated:
+                    self._score(self.validate())  # the weights a user stopped at get their chance
                 return
             if not self._fits(per_step):
                 return
@@ -473,16 +479,24 @@ class Trainer:
             last = self.done == total or not self._fits(per_step)
             validated = self.validates and (self.done % cfg.validate_every == 0 or last)
             if validated:
-                self.last_val = self.validate()
-            metric = self.last_val if self.validates else -smoothed
-            best = (validated or not self.validates) and math.isfinite(metric) and metric > self.best_metric
-            if best:
-                self.best_metric = metric
-                self._keep_best()
+                best = self._score(self.validate())
+            else:
+                best = not self.validates and self._score(-smoothed)
             lr = self.optimizer.param_groups[0]["lr"]
             progress = TrainProgress(self.done, total, loss, self.last_val, self.elapsed(), best, validated, lr)
             self.history.append(progress)
             yield progress
+
+    def _score(self, metric: float) -> bool:
+        """Record the current weights' score (validation, or minus the smoothed loss); keep them if best."""
+        if self.validates:
+            self.last_val = metric
+            self.best_tried = max(self.best_tried, metric)
+        best = math.isfinite(metric) and metric > self.best_metric
+        if best:
+            self.best_metric = metric
+            self._keep_best()
+        return best
 
     @property
     def validation_planes(self) -> list[int]:
@@ -497,7 +511,16 @@ class Trainer:
             model.load_state_dict(self.best_state)
         for p in model.parameters():
             p.requires_grad_(True)
-        return TrainResult(model.eval(), self._info(), list(self.history), self.best_iteration, self.stopped)
+        return TrainResult(model.eval(), self._info(), list(self.history), self.best_iteration, self.stopped,
+                           self.parent_score, self._verdict())
+
+    def _verdict(self) -> str | None:
+        """See :class:`TrainResult`."""
+        if self.parent_score is None:
+            return None
+        if self.best_iteration == 0:
+            return "worse"
+        return "better" if self.best_metric > self.parent_score + IMPROVEMENT_MARGIN else "as good"
 
     def _info(self) -> ModelInfo:
         cfg, parent = self.config, self.parent_info
@@ -505,10 +528,19 @@ class Trainer:
         name = cfg.name or (f"{parent_name}-finetuned" if parent_name else f"unet-{self.mode}")
         metrics: dict[str, Any] = {"final_loss": self.history[-1].loss if self.history else None}
         best = self.best_metric if math.isfinite(self.best_metric) else None
-        if self.scorer is not None:
+        if self.parent_score is not None and self.best_iteration == 0:
+            best = self.parent_score  # the parent's own score, not the bar it set
+        if self.validates:
             metrics["val_score"] = best
+            metrics["val_kind"] = "scorer" if self.scorer else "objects" if self.val_windows else "pixel mean IoU"
+        if self.parent_score is not None:
+            metrics["parent_val_score"] = self.parent_score
+            metrics["best_trained_val_score"] = self.best_tried if math.isfinite(self.best_tried) else None
+            metrics["verdict"] = self._verdict()
+        if self.val_windows:
+            metrics["val_objects"] = sum(len(np.unique(p.val_annotation[p.val_annotation >= 2]))
+                                         for p in self.planes if p.val_annotation is not None)
         elif self._val_batch is not None:
-            metrics["val_mean_iou"] = best
             metrics["val_pixels"] = int((self._val_batch[1] >= 0).sum())
         settings = {k: v for k, v in asdict(cfg).items() if k not in ("augment", "class_names", "name", "description")}
         training = {

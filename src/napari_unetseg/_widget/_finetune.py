@@ -10,6 +10,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, ProgressBa
 
 from .. import versions
 from ..checkpoint import CheckpointError, ModelInfo, save_checkpoint
+from ..targets import painting_advice
 from ..training import TrainResult
 from ._jobs import EntropyUpdate, FineTuneJob, FineTuneUpdate, JobFailed, PreviewSource, entropy_job
 from ._layers import (
@@ -200,6 +201,8 @@ class FineTunePanel(Container):
             notify("warning", str(exc))
             return
         entry = host.models.current()
+        for advice in painting_advice(annotations, checkpoint.info.mode, fine_tuning=True):
+            notify("info", advice)
         here = current_plane(host.viewer, source, layer)
         preview = PreviewSource(source.data, source.axes, here) if self.live_preview.value else None
         self.job = FineTuneJob(
@@ -240,12 +243,18 @@ class FineTunePanel(Container):
             write_planes(labels, [(update.preview.index, update.preview.labels)])
         if update.note:
             notify("warning", update.note)
+        if update.preview is not None and self._context["instance"]:
+            self._context["changes"] = (
+                f" · preview: {update.added} object(s) added, {update.removed} removed "
+                f"against {self._context['entry'].name}"
+            )
         step = update.progress
         if step is not None:
             self.plot.add(step.iteration, step.loss, step.val_score, step.validated, step.best_so_far)
             score = "–" if step.val_score is None else f"{step.val_score:.2f}"
             text = (
-                f"iteration {step.iteration} / {step.total_iterations} · loss {step.loss:.3f} · validation IoU {score}"
+                f"iteration {step.iteration} / {step.total_iterations} · loss {step.loss:.3f} · "
+                f"held-out score {score}{self._context.get('changes', '')}"
             )
             self.runner.advance(step.iteration, step.total_iterations, text)  # may run the end handlers
 
@@ -259,6 +268,11 @@ class FineTunePanel(Container):
             notify("info", self.status.value)
             return
         entry = self._context["entry"]
+        what = outcome.outcome(entry.name) + self._context.get("changes", "")
+        if outcome.improved is False:  # the kept weights are the parent's: no new version to offer
+            self.status.value = f"{what[0].upper()}{what[1:]}. Nothing was saved."
+            notify("info", self.status.value)
+            return
         try:
             key, name = self._save(outcome, entry)
         except (OSError, CheckpointError) as exc:
@@ -266,11 +280,8 @@ class FineTunePanel(Container):
             notify("error", f"Saving the fine-tuned model failed: {exc}")
             return
         self.host.models.select(key)
-        score = outcome.info.training.get("metrics", {}).get("val_mean_iou")
-        scored = f", validation IoU {score:.2f}" if isinstance(score, float) else ""
-        stopped = " (stopped early, best weights kept)" if outcome.stopped else ""
-        self.status.value = f"Saved {name}{scored}{stopped}. It is now the selected model: Segment to apply it."
-        notify("info", f"Saved the fine-tuned model as {name}{scored}.")
+        self.status.value = f"Saved {name}: {what}. It is now the selected model: Segment to apply it."
+        notify("info", f"Saved the fine-tuned model as {name}: {what}.")
 
     def _save(self, result: TrainResult, parent: ModelEntry) -> tuple[str, str]:
         """Save to the chosen file, else as the next version of ``parent``; returns (model list key, name).

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..checkpoint import Checkpoint
 from ..inference import AxesLayout, PlanePredictor, PlaneResult, _read_plane, iter_segment
+from ..metrics import object_changes
 from ..postprocess import stitch_slices
 from ..training import Trainer, TrainProgress, TrainResult
 
@@ -181,11 +182,14 @@ def entropy_job(
 
 @dataclass
 class FineTuneUpdate:
-    """One training iteration (``progress``), and now and then a re-predicted plane (``preview``)."""
+    """One training iteration (``progress``), and now and then a re-predicted plane (``preview``) with
+    the objects it ``added`` and ``removed`` against the parent model's labels of that plane."""
 
     progress: TrainProgress | None
     preview: PlaneResult | None = None
     note: str = ""
+    added: int = 0
+    removed: int = 0
 
 
 @dataclass
@@ -213,6 +217,7 @@ class FineTuneJob:
     preview_every: float = 3.0
     options: dict[str, Any] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
+    _parent_labels: dict[tuple[int, ...], np.ndarray] = field(default_factory=dict, repr=False)
 
     def stop(self) -> None:
         """Ask the job to finish after the current iteration."""
@@ -263,20 +268,27 @@ class FineTuneJob:
         return result
 
     def _preview_update(self, result: TrainResult, step: TrainProgress | None) -> FineTuneUpdate:
-        """An update with a preview; a failing preview is switched off with a note, training goes on."""
+        """An update with a preview and what changed on it; a failing preview is switched off with a
+        note, training goes on."""
         try:
-            return FineTuneUpdate(step, self._predict(result))
+            preview = self._predict(result.checkpoint())
+            if self.checkpoint.info.mode != "instance":
+                return FineTuneUpdate(step, preview)
+            if preview.index not in self._parent_labels:
+                self._parent_labels[preview.index] = self._predict(self.checkpoint, preview.index).labels
+            added, removed = object_changes(preview.labels, self._parent_labels[preview.index])
+            return FineTuneUpdate(step, preview, added=added, removed=removed)
         except Exception as exc:
             self.preview = None
             return FineTuneUpdate(step, note=describe_error(exc, "The live preview") + "; training goes on.")
 
-    def _predict(self, result: TrainResult) -> PlaneResult:
-        """Labels of the preview plane with the weights kept so far."""
+    def _predict(self, checkpoint: Checkpoint, index: tuple[int, ...] | None = None) -> PlaneResult:
+        """Labels of the preview plane (or plane ``index``) by ``checkpoint``."""
         source = self.preview
         assert source is not None
-        index = source.index
+        index = source.index if index is None else index
         # float32: for one plane of fresh weights, the bfloat16 probe would cost more than it saves
-        predictor = PlanePredictor(result.checkpoint(), self.device, batch_size=4, precision="float32")
+        predictor = PlanePredictor(checkpoint, self.device, batch_size=4, precision="float32")
         plane = predictor.prepare(_read_plane(source.image, AxesLayout(source.axes), index))
         shape = (source.image.shape[source.axes.index("Y")], source.image.shape[source.axes.index("X")])
         if plane is None:
