@@ -133,3 +133,22 @@ def test_object_changes_counts_objects_added_and_removed() -> None:
     after[1:4, 1:4], after[5:8, 15:19], after[5:8, 1:4] = 4, 5, 6
     assert object_changes(after, before) == (2, 1)
     assert object_changes(before, before) == (0, 0)
+
+
+def test_soft_cross_entropy_keeps_the_parent_view_only_where_asked() -> None:
+    import torch
+    from torch.nn import functional as F
+
+    from napari_unetseg.targets import soft_cross_entropy
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 4, 5, requires_grad=True)
+    classes = torch.randint(0, 3, (2, 4, 5))
+    one_hot = F.one_hot(classes, 3).permute(0, 3, 1, 2).float()
+    where = torch.zeros(2, 4, 5, dtype=torch.bool)
+    where[0, :2] = True
+    loss = soft_cross_entropy(logits, one_hot, where)
+    expected = F.cross_entropy(logits, classes, reduction="none")[where].mean()
+    assert torch.allclose(loss, expected)
+    loss.backward()
+    assert (logits.grad[:, :, ~where[0]].abs().sum() == 0) and logits.grad[0][:, where[0]].abs().sum() > 0

@@ -13,20 +13,16 @@ from conftest import tiny_unet, two_touching_discs
 from napari_unetseg.augment import AugmentConfig
 from napari_unetseg.checkpoint import load_checkpoint, save_checkpoint
 from napari_unetseg.normalize import normalize_plane
-from napari_unetseg.targets import separation_weights
-from napari_unetseg.training import (
+from napari_unetseg.targets import (
     IGNORE,
-    VAL_BLOCK,
-    Trainer,
-    TrainProgress,
-    TrainResult,
     derive_targets,
-    iter_train,
     mean_iou,
-    train,
+    separation_weights,
     weight_map,
     weighted_cross_entropy,
 )
+from napari_unetseg.training import Trainer, TrainProgress, TrainResult, iter_train, train
+from napari_unetseg.training_data import VAL_BLOCK
 
 FAST = {"patch_size": 32, "batch_size": 2, "iterations": 3, "device": "cpu"}
 
@@ -201,14 +197,14 @@ def test_validation_holds_out_painted_pixels_and_keeps_the_best(tmp_path: Path) 
     annotation = np.minimum(annotation, 2)  # semantic: classes are scored pixel by pixel
     trainer = Trainer(image, annotation, tiny_unet(num_classes=2), mode="semantic",
                       **{**FAST, "iterations": 4, "validate_every": 2})
-    assert trainer.val_blocks and not trainer.val_windows
+    assert trainer.held_out.blocks and not trainer.held_out.windows
     plane = trainer.planes[0]
     held = plane.val_targets >= 0
     assert held.any() and (plane.targets[held] == IGNORE).all()
     assert 0.05 < held.sum() / (annotation > 0).sum() < 0.35
-    images, targets = trainer._val_batch  # each block is scored with its own context around it
+    images, targets = trainer.held_out.block_batch  # each block is scored with its own context around it
     margin = (images.shape[-1] - VAL_BLOCK) // 2
-    for (_, top, left), image, target in zip(trainer.val_blocks, images[:, 0].numpy(), targets):
+    for (_, top, left), image, target in zip(trainer.held_out.blocks, images[:, 0].numpy(), targets):
         window = (slice(top, top + VAL_BLOCK), slice(left, left + VAL_BLOCK))
         assert np.array_equal(target, plane.val_targets[window])
         assert np.array_equal(image[margin : margin + VAL_BLOCK, margin : margin + VAL_BLOCK], plane.image[window])
@@ -288,7 +284,7 @@ def test_the_parent_is_scored_first_and_kept_unless_fine_tuning_comes_close(monk
 def test_instance_fine_tuning_holds_out_whole_objects_and_scores_them_as_objects() -> None:
     image, annotation = blobs(64)
     trainer = Trainer(image, annotation, tiny_unet(), **FAST)
-    assert trainer.val_windows and trainer._val_batch is None
+    assert trainer.held_out.windows and trainer.held_out.block_batch is None
     plane = trainer.planes[0]
     held = np.unique(plane.val_annotation[plane.val_annotation >= 2])
     assert len(held) == 1  # a quarter of the four painted discs

@@ -225,6 +225,16 @@ def weighted_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, weights:
     return (ce * torch.where(annotated, weights.float(), 0.0)).sum() / annotated.sum().clamp(min=1)
 
 
+def soft_cross_entropy(logits: torch.Tensor, probabilities: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy against soft targets ``probabilities`` (N, K, H, W) over the pixels in ``where``.
+
+    Fine-tuning uses it with the parent's own predictions on unpainted pixels, so what the model
+    knew there is kept; the mean makes its weight independent of how much was painted.
+    """
+    ce = -(probabilities * F.log_softmax(logits.float(), dim=1)).sum(dim=1)
+    return (ce * where).sum() / where.sum().clamp(min=1)
+
+
 def mean_iou(pred: np.ndarray, targets: np.ndarray, num_classes: int) -> float:
     """Mean intersection-over-union over the classes present in ``targets`` (annotated pixels only)."""
     keep = targets >= 0

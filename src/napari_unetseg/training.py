@@ -16,27 +16,23 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
 from .augment import AugmentConfig, augment_intensity, patch_coordinates, sample_image, sample_labels
 from .checkpoint import MODES, Checkpoint, ModelInfo
 from .device import get_device
 from .inference import PlanePredictor
-from .metrics import painted_object_score
 from .model import UNet, nearest_valid_size
 from .targets import (
     IGNORE,
     class_weights,
     closed_objects,
     derive_targets,
-    mean_iou,
     separation_weights,
+    soft_cross_entropy,
     weight_map,
     weighted_cross_entropy,
 )
 from .training_data import (
-    VAL_BLOCK,
-    Plane,
     annotated_planes,
     as_pairs,
     check_classes,
@@ -44,9 +40,8 @@ from .training_data import (
     describe,
     painted_values,
     resolve_parent,
-    split_blocks,
-    split_objects,
 )
+from .validation import HeldOut
 
 #: Fine-tuned weights replace the parent unless their validation score is this much below the parent's
 #: (a few held-out objects score a little differently from one run to the next) ...
@@ -247,14 +242,12 @@ class Trainer:
         self.data = describe(pairs, self.planes, self.mode)
         self._derive_targets()
         self.rng = np.random.default_rng(cfg.seed)
-        self.val_windows = split_objects(self.planes, self.rng) if self.mode == "instance" else []
-        self.val_blocks = [] if self.val_windows else split_blocks(
-            self.planes, cfg.validation_fraction, cfg.validation_blocks, self.rng)
+        self.held_out = HeldOut(self.planes, self.mode, self.model, cfg.validation_fraction, cfg.validation_blocks,
+                                self.rng)
         self._prepare_weights()
         self.model.to(self.device)
         self.in_size, self.out_size = self._patch_sizes(cfg.patch_size)
         self._setup_optimizer(parent is None)
-        self._val_batch = self._validation_batch() if self.val_blocks else None
         self.scorer = scorer
         self.history: list[TrainProgress] = []
         self.best_state: dict[str, torch.Tensor] | None = None
@@ -350,64 +343,25 @@ class Trainer:
 
     def _loss(self, logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor,
               soft: torch.Tensor | None = None, unpainted: torch.Tensor | None = None) -> torch.Tensor:
-        """Weighted cross-entropy on painted pixels, plus ``distillation`` x the cross-entropy against the
-        parent's probabilities on unpainted ones (their mean, so it weighs the same however much is painted)."""
+        """The painted pixels' loss, plus ``distillation`` x the parent's view where nothing is painted."""
         loss = weighted_cross_entropy(logits, targets, weights)
         if soft is None:
             return loss
-        kept = -(soft * F.log_softmax(logits.float(), dim=1)).sum(dim=1)
-        return loss + self.config.distillation * (kept * unpainted).sum() / unpainted.sum().clamp(min=1)
-
-    def _validation_batch(self) -> tuple[torch.Tensor, np.ndarray]:
-        """Inputs with context around each held-out block, and the block's held-out targets."""
-        size = VAL_BLOCK + 96
-        if self.model.config["padding"] == "valid":
-            size = nearest_valid_size(VAL_BLOCK + 2 * self.model.context_margin(), self.model.depth)
-        m = (size - VAL_BLOCK) // 2
-        self._val_crop = (self.model.output_size(size) - VAL_BLOCK) // 2
-        images, targets = [], []
-        for k, top, left in self.val_blocks:
-            coords = patch_coordinates((size, size), (top - m + size // 2, left - m + size // 2))
-            images.append(sample_image(self.planes[k].image, coords))
-            block = coords[:, m : m + VAL_BLOCK, m : m + VAL_BLOCK]
-            targets.append(sample_labels(self.planes[k].val_targets, block, IGNORE))
-        return torch.from_numpy(np.stack(images))[:, None], np.stack(targets)
+        return loss + self.config.distillation * soft_cross_entropy(logits, soft, unpainted)
 
     @property
     def validates(self) -> bool:
         """Whether training scores held-out data to pick the best weights."""
-        return bool(self.val_windows) or self._val_batch is not None or self.scorer is not None
+        return bool(self.held_out) or self.scorer is not None
 
-    @torch.no_grad()
     def validate(self) -> float:
-        """The ``scorer``'s score, else the score on the held-out painted objects, else the mean IoU over
-        classes on the held-out painted pixels (model left in eval mode)."""
+        """The ``scorer``'s score, else the :class:`~.validation.HeldOut` score (model left in eval mode)."""
         self.model.eval()
         if self.scorer is not None:
-            return float(self.scorer(Checkpoint(model=self.model, info=self._info())))
-        if self.val_windows:
-            return self._object_score()
-        images, targets = self._val_batch
-        c, predicted = self._val_crop, []
-        for chunk in images.split(8):
-            with torch.autocast(self.device.type, self.autocast_dtype, enabled=self.use_autocast):
-                logits = self.model(chunk.to(self.device))
-            predicted.append(logits[..., c : c + VAL_BLOCK, c : c + VAL_BLOCK].argmax(1).cpu().numpy())
-        return mean_iou(np.concatenate(predicted), targets, len(self.class_names))
-
-    def _object_score(self) -> float:
-        """:func:`~.metrics.painted_object_score` of the held-out objects, each window segmented as
-        users will get it, weighted by the number of held-out objects in the window."""
-        predictor = self._predictor(self.model)
-        total = weight = 0.0
-        for k, window in self.val_windows:
-            plane = self.planes[k]
-            held = plane.val_annotation[window]
-            labels = predictor.labels(predictor.probabilities([plane.image[window][None]])[0])
-            count = max(1, len(np.unique(held[held >= 2])))
-            total += count * painted_object_score(labels, held, plane.closed[window])
-            weight += count
-        return total / weight
+            with torch.no_grad():
+                return float(self.scorer(Checkpoint(model=self.model, info=self._info())))
+        autocast = torch.autocast(self.device.type, self.autocast_dtype, enabled=self.use_autocast)
+        return self.held_out.score(self.model, self._predictor, autocast)
 
     # -- training
 
@@ -532,16 +486,12 @@ class Trainer:
             best = self.parent_score  # the parent's own score, not the bar it set
         if self.validates:
             metrics["val_score"] = best
-            metrics["val_kind"] = "scorer" if self.scorer else "objects" if self.val_windows else "pixel mean IoU"
+            metrics["val_kind"] = "scorer" if self.scorer else self.held_out.kind
         if self.parent_score is not None:
             metrics["parent_val_score"] = self.parent_score
             metrics["best_trained_val_score"] = self.best_tried if math.isfinite(self.best_tried) else None
             metrics["verdict"] = self._verdict()
-        if self.val_windows:
-            metrics["val_objects"] = sum(len(np.unique(p.val_annotation[p.val_annotation >= 2]))
-                                         for p in self.planes if p.val_annotation is not None)
-        elif self._val_batch is not None:
-            metrics["val_pixels"] = int((self._val_batch[1] >= 0).sum())
+        metrics.update(self.held_out.summary())
         settings = {k: v for k, v in asdict(cfg).items() if k not in ("augment", "class_names", "name", "description")}
         training = {
             "data": self.data["summary"], "data_details": self.data, "iterations": self.done,

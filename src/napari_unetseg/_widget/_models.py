@@ -152,7 +152,9 @@ def describe_model(entry: ModelEntry, info: ModelInfo) -> str:
     training = info.training or {}
     lines = [f"{entry.name}: {info.mode} model", f"classes: {', '.join(info.class_names)}"]
     origin = [f"fine-tuned from {training['parent']}"] if training.get("parent") else []
-    score = (training.get("metrics") or {}).get("val_mean_iou")
+    metrics = training.get("metrics") or {}
+    score = metrics.get("val_score", metrics.get("val_mean_iou"))  # val_mean_iou: checkpoints before 0.2
     if isinstance(score, float):
-        origin.append(f"validation IoU {score:.2f}")
+        before = metrics.get("parent_val_score")
+        origin.append(f"held-out score {score:.2f}" + (f" (its parent: {before:.2f})" if before is not None else ""))
     return "\n".join(lines + ([", ".join(origin)] if origin else []))

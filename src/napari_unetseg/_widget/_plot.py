@@ -83,7 +83,7 @@ class LossPlot(QWidget):
         painter.setPen(SCORE_COLOR)
         painter.drawText(QRectF(area.right() + 3, area.top() - 4, 30, 14), Qt.AlignmentFlag.AlignLeft, "1")
         painter.drawText(QRectF(area.right() + 3, area.bottom() - 10, 30, 14), Qt.AlignmentFlag.AlignLeft, "0")
-        score = f"validation IoU {self.scores[-1][1]:.2f}" if self.scores else "validation IoU –"
+        score = f"held-out score {self.scores[-1][1]:.2f}" if self.scores else "held-out score –"
         painter.drawText(QRectF(area.center().x(), 2, area.width() / 2, 14), Qt.AlignmentFlag.AlignRight, score)
         painter.setPen(QColor(160, 160, 170))
         painter.drawText(
