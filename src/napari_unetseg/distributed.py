@@ -19,6 +19,7 @@ raised); a rerun task rewrites the same planes with the same labels.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import threading
 import uuid
@@ -279,8 +280,11 @@ class TorchThreads(WorkerPlugin):
         torch.set_num_threads(self.threads)
 
 
-def local_client(n_workers: int) -> Client:
+def local_client(n_workers: int, verbose: bool = False) -> Client:
     """A client of ``n_workers`` worker processes started on this machine (they stop with the client).
+
+    The cluster's own log messages (worker start-up, task tracebacks) go to stderr only when
+    ``verbose``: a failing task already ends the run with its error.
 
     Each worker runs one task at a time with an equal share of the cores for PyTorch, so one
     worker is about as fast as one process. Dask's ``MALLOC_TRIM_THRESHOLD_`` is left unset: it
@@ -289,6 +293,9 @@ def local_client(n_workers: int) -> Client:
     clusters can run at once.
     """
     with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
-        client = Client(n_workers=n_workers, threads_per_worker=1, dashboard_address=":0")
+        client = Client(
+            n_workers=n_workers, threads_per_worker=1, dashboard_address=":0",
+            silence_logs=logging.WARNING if verbose else logging.CRITICAL,
+        )
     client.register_plugin(TorchThreads(max(1, CPU_COUNT // n_workers)))
     return client

@@ -22,7 +22,7 @@ from .augment import AugmentConfig, augment_intensity, patch_coordinates, sample
 from .checkpoint import INSTANCE_CLASSES, MODES, Checkpoint, ModelInfo
 from .device import get_device
 from .model import UNet, nearest_valid_size
-from .normalize import normalize_plane
+from .normalize import check_image, normalize_plane
 from .targets import (
     IGNORE,
     check_labels,
@@ -35,6 +35,7 @@ from .targets import (
 )
 
 VAL_BLOCK = 32  # side of the square blocks of painted pixels held out for validation
+MAX_CLASSES = 255  # semantic results are uint8 class maps
 
 # ---------------------------------------------------------------------------- options and results
 
@@ -53,7 +54,8 @@ class TrainConfig:
     (EM: 2 = cell); thin separators then get the paper's border weight (``w0``, ``sigma``), as
     instance mode always does. ``base_channels`` / ``depth`` shape a network trained from scratch.
     Runs limited by ``iterations`` are reproducible on the CPU for a given ``seed``; with ``max_seconds`` the
-    learning-rate decay follows the clock.
+    learning-rate decay follows the clock, and at least one iteration runs however short the budget.
+    ``iterations`` < 1 and ``max_seconds`` <= 0 are refused (ValueError): they would save untrained weights.
     """
 
     mode: str | None = None
@@ -82,6 +84,12 @@ class TrainConfig:
     normalization: dict[str, float] | None = None
     name: str = ""
     description: str = ""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) or self.iterations < 1:
+            raise ValueError(f"iterations must be a whole number >= 1, got {self.iterations!r}")
+        if self.max_seconds is not None and not (isinstance(self.max_seconds, (int, float)) and self.max_seconds > 0):
+            raise ValueError(f"max_seconds must be a positive number of seconds (or None), got {self.max_seconds!r}")
 
 
 @dataclass(frozen=True)
@@ -134,6 +142,7 @@ def _as_pairs(image: Any, annotation: Any) -> list[tuple[np.ndarray, np.ndarray]
             raise ValueError("give as many annotations as images")
         return [pair for img, ann in zip(image, annotation) for pair in _as_pairs(img, ann)]
     img, ann = np.asarray(image), np.asarray(annotation)
+    check_image(img)
     check_labels(ann)
     if img.ndim == ann.ndim + 1 and img.shape[-1] in (3, 4) and img.shape[:-1] == ann.shape:
         img = np.nanmean(img.astype(np.float32), axis=-1)  # RGB(A) -> grey, as inference does
@@ -142,6 +151,21 @@ def _as_pairs(image: Any, annotation: Any) -> list[tuple[np.ndarray, np.ndarray]
     if not 2 <= img.ndim <= 4:
         raise ValueError(f"need 2D (Y,X), 3D (Z,Y,X) or 4D (T,Z,Y,X) data, got shape {img.shape}")
     return [(img, ann)]
+
+
+def _compact_object_ids(annotation: np.ndarray) -> np.ndarray:
+    """An instance annotation with its object ids renumbered 2, 3, ... in order (0 and 1 kept).
+
+    Ids may be any integers (e.g. from another tool, near 2**31): after this nothing downstream
+    depends on the largest id, only on the number of objects. The annotation is not modified.
+    """
+    objects = annotation >= 2
+    ids, inverse = np.unique(annotation[objects], return_inverse=True)
+    if ids.size == 0 or int(ids[-1]) == ids.size + 1:  # no objects, or already 2..n+1
+        return annotation
+    out = np.where(objects, 0, annotation).astype(np.min_scalar_type(ids.size + 1))
+    out[objects] = inverse + 2
+    return out
 
 
 def _annotated_planes(pairs: list[tuple[np.ndarray, np.ndarray]], mode: str, norm: dict[str, float]) -> list[_Plane]:
@@ -160,6 +184,8 @@ def _annotated_planes(pairs: list[tuple[np.ndarray, np.ndarray]], mode: str, nor
 
 
 def _check_classes(mode: str, values: set[int]) -> None:
+    if mode == "semantic" and max(values) > MAX_CLASSES:
+        raise ValueError(f"semantic labels are classes 1..{MAX_CLASSES}, but label {max(values)} is annotated")
     if mode == "semantic" and len(values) < 2:
         raise ValueError(f"semantic mode needs at least 2 classes annotated, found only label(s) {sorted(values)}")
     if mode == "instance" and not any(v >= 2 for v in values):
@@ -248,10 +274,11 @@ def _split_validation(
 
 def _describe(pairs: list[tuple[np.ndarray, np.ndarray]], planes: list[_Plane], mode: str) -> dict[str, Any]:
     """Plain-data summary of the training data for the checkpoint's provenance."""
-    counts = np.bincount(np.concatenate([p.annotation[p.annotation > 0].astype(np.int64) for p in planes]))
-    per_label = {str(k): int(c) for k, c in enumerate(counts) if c and k > 0}
+    # counted sparsely: the work depends on the painted pixels, not on the largest id
+    labels, counts = np.unique(np.concatenate([p.annotation[p.annotation > 0] for p in planes]), return_counts=True)
+    per_label = {str(k): int(c) for k, c in zip(labels.tolist(), counts.tolist())}
     shapes = [list(img.shape) for img, _ in pairs]
-    summary = f"{len(planes)} annotated plane(s) of {shapes}, {int(counts[1:].sum())} painted pixels ({mode})"
+    summary = f"{len(planes)} annotated plane(s) of {shapes}, {int(counts.sum())} painted pixels ({mode})"
     return {"summary": summary, "shapes": shapes, "planes": len(planes), "pixels_per_label": per_label}
 
 
@@ -297,6 +324,8 @@ class Trainer:
         parent_norm = self.parent_info.normalization if self.parent_info else None
         self.normalization = dict(cfg.normalization or parent_norm or {"low": 1.0, "high": 99.8})
         pairs = _as_pairs(image, annotation)
+        if self.mode == "instance":
+            pairs = [(img, _compact_object_ids(ann)) for img, ann in pairs]
         self.planes = _annotated_planes(pairs, self.mode, self.normalization)
         values = set(np.unique(np.concatenate([np.unique(p.annotation) for p in self.planes])).tolist()) - {0}
         _check_classes(self.mode, values)
@@ -464,7 +493,7 @@ class Trainer:
             if should_stop is not None and should_stop():
                 self.stopped = True
                 return
-            if not self._fits(per_step):
+            if self.done > done_before and not self._fits(per_step):  # the first iteration always runs
                 return
             loss = self._step()
             self.done += 1
