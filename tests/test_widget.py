@@ -552,3 +552,74 @@ def test_unetseg_gui_opens_the_sample_with_the_widget_docked(qtbot):
         assert any(WIDGET in name for name in docked), docked
     finally:
         viewer.close()
+
+
+# ---------------------------------------------------------------------------- bad input and faults (issue 13)
+
+
+def test_a_mask_opened_as_an_image_is_segmented_as_0_1_and_kept(qtbot, viewer_widget, monkeypatch, notes):
+    viewer, widget = viewer_widget
+    _, truth = small_2d()
+    mask = truth > 0
+    layer = viewer.add_image(mask, name="mask")
+    threshold_model(widget, monkeypatch)
+    widget.segment.run()
+    wait_idle(qtbot, widget)
+    assert not [note for note in notes if note[0] == "error"], notes
+    labels = viewer.layers["mask labels"].data
+    assert labels.max() >= 3 and ((labels > 0) == mask).mean() > 0.9
+    np.testing.assert_array_equal(layer.data, mask)
+
+
+def test_hot_pixels_leave_the_widget_result_unchanged(qtbot, viewer_widget, monkeypatch):
+    viewer, widget = viewer_widget
+    _, truth = small_2d()
+    image = np.where(truth > 0, 1000, 100).astype(np.uint32)
+    hot = image.copy()
+    hot[[5, 50, 90], [7, 60, 3]] = np.iinfo(np.uint32).max
+    threshold_model(widget, monkeypatch)
+    results = []
+    for data, name in ((image, "clean"), (hot, "hot")):
+        widget.image.value = viewer.add_image(data, name=name)
+        widget.segment.run()
+        wait_idle(qtbot, widget)
+        results.append(viewer.layers[f"{name} labels"].data > 0)
+    assert results[0].any() and (results[0] == results[1]).mean() >= 0.99
+
+
+def test_a_fine_tune_that_fails_midway_keeps_the_parent_model_and_every_annotation(
+    qtbot, viewer_widget, versions_root, notes, monkeypatch
+):
+    from napari_unetseg.training import Trainer
+
+    viewer, widget = viewer_widget
+    image, truth = small_2d()
+    image_layer = viewer.add_image(image, name="cells")
+    widget.finetune.new_annotations()
+    annotation = widget.finetune.annotations.value
+    annotation.data[:] = np.where(truth > 0, truth + 1, 1)
+    painted = annotation.data.copy()
+    real_step, calls = Trainer._step, []
+
+    def failing_step(self):  # the second iteration fails, as a driver or a disk might
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("simulated failure in the training worker")
+        return real_step(self)
+
+    monkeypatch.setattr(Trainer, "_step", failing_step)
+    widget.finetune.iterations.value = 5
+    widget.finetune.live_preview.value = False
+    widget.finetune.fine_tune()
+    wait_idle(qtbot, widget)
+
+    assert len(calls) == 2
+    errors = [message for kind, message in notes if kind == "error"]
+    assert errors and "simulated failure" in errors[-1]
+    assert text(widget.finetune.status) == "Fine-tuning failed."
+    assert widget.models.current().name == "tiny-instance"  # the parent stays selected
+    assert not list(versions_root.glob("*.pt"))  # nothing half-trained was saved as a version
+    np.testing.assert_array_equal(annotation.data, painted)
+    assert viewer.layers[annotation.name].unique_id == annotation.unique_id  # the layer is still there
+    np.testing.assert_array_equal(image_layer.data, image)
+    assert widget.finetune.train_button.enabled  # and the user can try again
