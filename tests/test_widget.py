@@ -15,7 +15,7 @@ import pytest
 napari = pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
-from conftest import ThresholdNet  # noqa: E402
+from conftest import ThresholdNet, two_touching_discs  # noqa: E402
 
 from napari_unetseg import versions  # noqa: E402
 from napari_unetseg._sample_data import nuclei_2d, nuclei_3d  # noqa: E402
@@ -573,10 +573,9 @@ def test_a_mask_opened_as_an_image_is_segmented_as_0_1_and_kept(qtbot, viewer_wi
 
 def test_hot_pixels_leave_the_widget_result_unchanged(qtbot, viewer_widget, monkeypatch):
     viewer, widget = viewer_widget
-    _, truth = small_2d()
-    image = np.where(truth > 0, 1000, 100).astype(np.uint32)
+    image = np.where(two_touching_discs(40, 8) > 0, 1000, 100).astype(np.uint32)
     hot = image.copy()
-    hot[[5, 50, 90], [7, 60, 3]] = np.iinfo(np.uint32).max
+    hot[[1, 3, 20, 38, 39], [1, 30, 2, 38, 10]] = np.iinfo(np.uint32).max  # above the 99.8th percentile
     threshold_model(widget, monkeypatch)
     results = []
     for data, name in ((image, "clean"), (hot, "hot")):
