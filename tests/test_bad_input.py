@@ -88,6 +88,9 @@ def test_a_complex_image_is_refused_by_name(tmp_path, tiny_instance_checkpoint, 
         segment(image, threshold_checkpoint(), device="cpu")
     with pytest.raises(ValueError, match="complex"):
         train(image, np.ones((32, 32), np.uint8), **FAST)
+    distributed = pytest.importorskip("napari_unetseg.distributed")
+    with pytest.raises(ValueError, match="complex"):  # refused before any task is sent
+        distributed.segment_distributed(image, None, tiny_instance_checkpoint, client=None)
     tifffile.imwrite(tmp_path / "fft.tif", image)
     out = tmp_path / "fft_labels.tif"
     assert main(["segment", str(tmp_path / "fft.tif"), "-o", str(out), "-m", str(tiny_instance_checkpoint)]) == 2
@@ -125,6 +128,9 @@ def test_decision_weights_that_do_not_fit_the_classes_are_blamed_on_the_checkpoi
         load_checkpoint(path)
     assert main(["segment", str(painted["image"]), "-o", str(tmp_path / "out.tif"), "-m", str(path)]) == 2
     assert "sem.pt: decision_weights" in error_line(capsys)
+    in_memory = Checkpoint(tiny_unet(num_classes=2), ModelInfo(**info))  # built without loading a file
+    with pytest.raises(ValueError, match="decision_weights"):
+        segment(np.ones((32, 32), np.float32), in_memory, device="cpu")
     with pytest.raises(ValueError, match="decision_weights"):  # and such a checkpoint is never written
         save_checkpoint(tmp_path / "new.pt", tiny_unet(num_classes=2),
                         ModelInfo(mode="semantic", class_names=["membrane", "cell"], decision_weights=weights))

@@ -47,6 +47,7 @@ from .inference import (
     stitch_plane,
 )
 from .io import probe_image, read_image
+from .normalize import check_image
 
 #: Times dask reruns a task that raised (e.g. on a flaky network file system).
 TASK_RETRIES = 2
@@ -221,7 +222,9 @@ def segment_distributed(
     if checkpoint.path is None:
         raise ValueError("the model must be saved as a checkpoint file so that the workers can load it")
     source = os.fspath(Path(image).absolute()) if isinstance(image, (str, os.PathLike)) else image
-    shape = probe_image(source).shape if isinstance(source, str) else tuple(source.shape)
+    described = probe_image(source) if isinstance(source, str) else source
+    check_image(described, os.fspath(image) if isinstance(image, (str, os.PathLike)) else "image")
+    shape = tuple(described.shape)
     layout = parse_axes(shape, axes)
     out_shape, _ = labels_spec(shape, layout, checkpoint.info.mode)
     _check_output(out, out_shape)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, info_problem
 from .device import fit_to_memory, get_device
 from .normalize import check_image, normalize_plane
 from .metrics import agreement
@@ -126,6 +126,9 @@ class PlanePredictor:
         precision: str = "auto",
         backend: str = "torch",
     ) -> None:
+        problem = info_problem(checkpoint.info, checkpoint.model.num_classes)
+        if problem:  # checked at load already; this catches checkpoints built in memory
+            raise ValueError(f"model {checkpoint.info.name or checkpoint.path or '(unnamed)'}: {problem}")
         self.checkpoint = checkpoint
         self.network = checkpoint.model
         device = get_device(device)
