@@ -1,7 +1,7 @@
 """The ``unetseg`` command line: segment TIFF and zarr images, score a segmentation, report devices.
 
 Only argument handling lives here; the work is done by :mod:`.io`, :mod:`.inference` and
-:mod:`.metrics`. Bad input ends with one ``unetseg: error: ...`` line on stderr and exit status
+:mod:`.metrics`. Bad input (usage errors too) ends with one ``unetseg: error: ...`` line on stderr and exit status
 2, before any output is written; Ctrl-C ends with status 130.
 
 Adding a command (e.g. ``train`` or ``models``): write ``_add_<name>(commands)`` that creates
@@ -62,7 +62,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_BAD_INPUT, f"unetseg: error: {' '.join(message.split())}; see {self.prog} --help\n")
-
 
 
 def _load_model(spec: str) -> Checkpoint:

@@ -13,6 +13,7 @@ import os
 import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import asdict, dataclass, field, replace
+from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
@@ -86,9 +87,9 @@ class TrainConfig:
     description: str = ""
 
     def __post_init__(self) -> None:
-        if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) or self.iterations < 1:
+        if isinstance(self.iterations, bool) or not isinstance(self.iterations, Integral) or self.iterations < 1:
             raise ValueError(f"iterations must be a whole number >= 1, got {self.iterations!r}")
-        if self.max_seconds is not None and not (isinstance(self.max_seconds, (int, float)) and self.max_seconds > 0):
+        if self.max_seconds is not None and not (isinstance(self.max_seconds, Real) and self.max_seconds > 0):
             raise ValueError(f"max_seconds must be a positive number of seconds (or None), got {self.max_seconds!r}")
 
 
