@@ -6,7 +6,10 @@ Runs under Xvfb (pytest-xvfb) with napari's viewer fixtures; skipped when napari
 from __future__ import annotations
 
 import copy
+import os
+import pickle
 import zipfile
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +18,7 @@ import pytest
 napari = pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
-from conftest import ThresholdNet, two_touching_discs  # noqa: E402
+from conftest import ThresholdNet, tiny_unet, two_touching_discs, write_raw_checkpoint  # noqa: E402
 
 from napari_unetseg import versions  # noqa: E402
 from napari_unetseg._sample_data import nuclei_2d, nuclei_3d  # noqa: E402
@@ -622,3 +625,32 @@ def test_a_fine_tune_that_fails_midway_keeps_the_parent_model_and_every_annotati
     assert viewer.layers[annotation.name].unique_id == annotation.unique_id  # the layer is still there
     np.testing.assert_array_equal(image_layer.data, image)
     assert widget.finetune.train_button.enabled  # and the user can try again
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("touch /tmp/unetseg-widget-pwned",))
+
+
+@pytest.mark.parametrize("kind", ["text", "pickle-with-code", "bad-decision-weights"])
+def test_loading_a_bad_checkpoint_says_why_and_keeps_the_model(viewer_widget, notes, tmp_path, monkeypatch, kind):
+    _, widget = viewer_widget
+    Path("/tmp/unetseg-widget-pwned").unlink(missing_ok=True)
+    path = tmp_path / f"{kind}.pt"
+    if kind == "text":
+        path.write_text("not a model\n")
+        expected = f"{path}: not a checkpoint (corrupt or another kind of file)"
+    elif kind == "pickle-with-code":
+        path.write_bytes(pickle.dumps(_RunsCode()))
+        expected = f"{path}: refused: the file contains Python objects other than weights"
+    else:
+        info = {**asdict(ModelInfo(mode="semantic", class_names=["a", "b"])), "decision_weights": [1.0]}
+        write_raw_checkpoint(path, tiny_unet(num_classes=2), info)
+        expected = f"{path}: decision_weights must hold one number per class (2)"
+    before = widget.models.current().key
+    monkeypatch.setattr(type(widget.models), "ask_checkpoint_path", lambda self: str(path))
+    widget.models._on_load_clicked()
+    assert notes[-1][0] == "error" and notes[-1][1].startswith(expected), notes[-1]
+    assert "weights_only" not in notes[-1][1] and "\x1b" not in notes[-1][1]
+    assert widget.models.current().key == before
+    assert not Path("/tmp/unetseg-widget-pwned").exists()
