@@ -20,6 +20,14 @@ def tiny_unet(num_classes: int = 3, depth: int = 2, seed: int = 0, **kwargs) -> 
     return UNet(num_classes=num_classes, base_channels=4, depth=depth, **kwargs).eval()
 
 
+def write_raw_checkpoint(path: Path, model: UNet, info: dict) -> Path:
+    """A checkpoint file written without :func:`save_checkpoint`'s checks (to test what loading refuses)."""
+    payload = {"format": "napari-unetseg", "format_version": 1, "config": dict(model.config), "info": info,
+               "state_dict": model.state_dict()}
+    torch.save(payload, path)
+    return path
+
+
 @pytest.fixture
 def tiny_instance_checkpoint(tmp_path: Path) -> Path:
     """A saved instance-mode checkpoint of a tiny random network."""

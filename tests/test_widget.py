@@ -6,7 +6,10 @@ Runs under Xvfb (pytest-xvfb) with napari's viewer fixtures; skipped when napari
 from __future__ import annotations
 
 import copy
+import os
+import pickle
 import zipfile
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +18,7 @@ import pytest
 napari = pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
-from conftest import ThresholdNet  # noqa: E402
+from conftest import ThresholdNet, tiny_unet, two_touching_discs, write_raw_checkpoint  # noqa: E402
 
 from napari_unetseg import versions  # noqa: E402
 from napari_unetseg._sample_data import nuclei_2d, nuclei_3d  # noqa: E402
@@ -588,3 +591,102 @@ def test_unetseg_gui_opens_the_sample_with_the_widget_docked(qtbot):
         assert any(WIDGET in name for name in docked), docked
     finally:
         viewer.close()
+
+
+# ---------------------------------------------------------------------------- bad input and faults (issue 13)
+
+
+def test_a_mask_opened_as_an_image_is_segmented_as_0_1_and_kept(qtbot, viewer_widget, monkeypatch, notes):
+    viewer, widget = viewer_widget
+    _, truth = small_2d()
+    mask = truth > 0
+    layer = viewer.add_image(mask, name="mask")
+    threshold_model(widget, monkeypatch)
+    widget.segment.run()
+    wait_idle(qtbot, widget)
+    assert not [note for note in notes if note[0] == "error"], notes
+    labels = viewer.layers["mask labels"].data
+    assert labels.max() >= 3 and ((labels > 0) == mask).mean() > 0.9
+    np.testing.assert_array_equal(layer.data, mask)
+
+
+def test_hot_pixels_leave_the_widget_result_unchanged(qtbot, viewer_widget, monkeypatch):
+    viewer, widget = viewer_widget
+    image = np.where(two_touching_discs(40, 8) > 0, 1000, 100).astype(np.uint32)
+    hot = image.copy()
+    hot[[1, 3, 20, 38, 39], [1, 30, 2, 38, 10]] = np.iinfo(np.uint32).max  # above the 99.8th percentile
+    threshold_model(widget, monkeypatch)
+    results = []
+    for data, name in ((image, "clean"), (hot, "hot")):
+        widget.image.value = viewer.add_image(data, name=name)
+        widget.segment.run()
+        wait_idle(qtbot, widget)
+        results.append(viewer.layers[f"{name} labels"].data > 0)
+    assert results[0].any() and (results[0] == results[1]).mean() >= 0.99
+
+
+def test_a_fine_tune_that_fails_midway_keeps_the_parent_model_and_every_annotation(
+    qtbot, viewer_widget, versions_root, notes, monkeypatch
+):
+    from napari_unetseg.training import Trainer
+
+    viewer, widget = viewer_widget
+    image, truth = small_2d()
+    image_layer = viewer.add_image(image, name="cells")
+    widget.finetune.new_annotations()
+    annotation = widget.finetune.annotations.value
+    annotation.data[:] = np.where(truth > 0, truth + 1, 1)
+    painted = annotation.data.copy()
+    real_step, calls = Trainer._step, []
+
+    def failing_step(self):  # the second iteration fails, as a driver or a disk might
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("simulated failure in the training worker")
+        return real_step(self)
+
+    monkeypatch.setattr(Trainer, "_step", failing_step)
+    widget.finetune.iterations.value = 5
+    widget.finetune.live_preview.value = False
+    widget.finetune.fine_tune()
+    wait_idle(qtbot, widget)
+
+    assert len(calls) == 2
+    errors = [message for kind, message in notes if kind == "error"]
+    assert errors and "simulated failure" in errors[-1]
+    assert text(widget.finetune.status) == "Fine-tuning failed."
+    assert widget.models.current().name == "tiny-instance"  # the parent stays selected
+    assert not list(versions_root.glob("*.pt"))  # nothing half-trained was saved as a version
+    np.testing.assert_array_equal(annotation.data, painted)
+    assert viewer.layers[annotation.name].unique_id == annotation.unique_id  # the layer is still there
+    np.testing.assert_array_equal(image_layer.data, image)
+    assert widget.finetune.train_button.enabled  # and the user can try again
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("touch /tmp/unetseg-widget-pwned",))
+
+
+@pytest.mark.parametrize("kind", ["text", "pickle-with-code", "bad-decision-weights"])
+def test_loading_a_bad_checkpoint_says_why_and_keeps_the_model(viewer_widget, notes, tmp_path, monkeypatch, kind):
+    _, widget = viewer_widget
+    Path("/tmp/unetseg-widget-pwned").unlink(missing_ok=True)
+    path = tmp_path / f"{kind}.pt"
+    if kind == "text":
+        path.write_text("not a model\n")
+        expected = f"{path}: not a checkpoint (corrupt or another kind of file)"
+    elif kind == "pickle-with-code":
+        path.write_bytes(pickle.dumps(_RunsCode()))
+        expected = f"{path}: refused: the file contains Python objects other than weights"
+    else:
+        info = {**asdict(ModelInfo(mode="semantic", class_names=["a", "b"])), "decision_weights": [1.0]}
+        write_raw_checkpoint(path, tiny_unet(num_classes=2), info)
+        expected = f"{path}: decision_weights must hold one number per class (2)"
+    before = widget.models.current().key
+    monkeypatch.setattr(type(widget.models), "ask_checkpoint_path", lambda self: str(path))
+    widget.models._on_load_clicked()
+    assert notes[-1][0] == "error" and notes[-1][1].startswith(expected), notes[-1]
+    assert "weights_only" not in notes[-1][1] and "\x1b" not in notes[-1][1]
+    assert widget.models.current().key == before
+    assert not Path("/tmp/unetseg-widget-pwned").exists()

@@ -8,15 +8,21 @@ a file carrying a pickled object that would run code is refused.
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import os
 import pickle
+import pickletools
+import re
 import tempfile
+import warnings
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .io import raise_naming
 from .model import UNet
 
 FORMAT_NAME = "napari-unetseg"
@@ -73,6 +79,9 @@ def save_checkpoint(path: str | os.PathLike, model: UNet, info: ModelInfo, overw
     half-written checkpoint under the final name.
     """
     path = Path(path)
+    problem = info_problem(info, model.num_classes)
+    if problem:
+        raise ValueError(f"not saving {path}: {problem}")
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists; choose another name or allow overwriting")
@@ -94,11 +103,42 @@ def save_checkpoint(path: str | os.PathLike, model: UNet, info: ModelInfo, overw
         else:
             os.link(tmp_name, path)  # fails if someone created the file meanwhile
             os.unlink(tmp_name)
-    except BaseException:
+    except BaseException as exc:  # a full disk, Ctrl-C, ...: no temporary file is left
         if os.path.exists(tmp_name):
             os.unlink(tmp_name)
-        raise
+        raise_naming(exc, path)
     return path
+
+
+def info_problem(info: ModelInfo, num_classes: int) -> str | None:
+    """What makes ``info`` unusable with a network of ``num_classes`` outputs (naming the field), or None.
+
+    Checked when a checkpoint is loaded or saved, so a bad field is blamed on the checkpoint and
+    not, later, on the image being segmented.
+    """
+    expected = len(INSTANCE_CLASSES) if info.mode == "instance" else len(info.class_names)
+    if num_classes != expected:
+        return (f"{info.mode} mode with classes {info.class_names} needs {expected} outputs, "
+                f"the network has {num_classes}")
+    norm = info.normalization
+    if not isinstance(norm, dict):
+        return f"normalization must be a mapping with 'low' and 'high' percentiles, got {norm!r}"
+    low, high = norm.get("low", 1.0), norm.get("high", 99.8)
+    if not all(_is_number(v) and 0 <= v <= 100 for v in (low, high)) or not low < high:
+        return f"normalization needs percentiles 0 <= low < high <= 100, got low={low!r}, high={high!r}"
+    weights = info.decision_weights
+    if weights is not None:
+        if info.mode != "semantic":
+            return "decision_weights are for semantic models only"
+        if not isinstance(weights, (list, tuple)) or len(weights) != num_classes:
+            return f"decision_weights must hold one number per class ({num_classes}), got {weights!r}"
+        if not all(_is_number(w) and w > 0 for w in weights):
+            return f"decision_weights must be positive numbers, got {weights!r}"
+    return None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> Checkpoint:
@@ -107,14 +147,18 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise CheckpointError(
-            f"{path}: refused to load, the file contains Python objects other than weights "
-            f"and plain data ({_first_line(exc)})"
-        ) from None
-    except Exception as exc:  # any decoding failure of a damaged or foreign file
-        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt: {_first_line(exc)})") from None
+        with warnings.catch_warnings():  # PyTorch warns about pickle protocols of foreign files
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # PyTorch's own message advises weights_only=False: never quote it
+        found = _pickled_globals(path) if isinstance(exc, pickle.UnpicklingError) else None
+        if found is not None:
+            names = [name for name in found if not name.startswith(_WEIGHT_GLOBALS)]
+            which = f" ({', '.join(names[:3])})" if names else ""
+            raise CheckpointError(
+                f"{path}: refused: the file contains Python objects other than weights and plain data{which}"
+            ) from None
+        raise CheckpointError(f"{path}: not a checkpoint (corrupt or another kind of file)") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_NAME:
         raise CheckpointError(f"{path}: not a {FORMAT_NAME} checkpoint")
     if payload.get("format_version", 0) > FORMAT_VERSION:
@@ -127,16 +171,42 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         model.load_state_dict(payload["state_dict"], strict=True)
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: weights do not fit the stated architecture ({_first_line(exc)})") from None
-    expected = len(INSTANCE_CLASSES) if info.mode == "instance" else len(info.class_names)
-    if model.num_classes != expected:
-        raise CheckpointError(
-            f"{path}: {info.mode} mode with classes {info.class_names} needs {expected} outputs, "
-            f"the network has {model.num_classes}"
-        )
+    problem = info_problem(info, model.num_classes)
+    if problem:
+        raise CheckpointError(f"{path}: {problem}")
     model.eval()
     return Checkpoint(model=model.to(device), info=info, path=path)
 
 
+#: Globals that PyTorch's weights-only loader accepts in a checkpoint (not worth naming in a refusal).
+_WEIGHT_GLOBALS = ("torch.", "collections.OrderedDict", "_codecs.encode", "builtins.set")
+
+
+def _pickled_globals(path: Path) -> list[str] | None:
+    """The names of the Python globals a pickle (or a PyTorch zip's ``data.pkl``) refers to; None if the
+    file is not a well-formed pickle at all (then it is damaged or another kind of file)."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                data = next(archive.read(n) for n in archive.namelist() if n.endswith("data.pkl"))
+        else:
+            data = path.read_bytes()
+        names, strings = [], []
+        for opcode, arg, _ in pickletools.genops(data):
+            if opcode.name == "GLOBAL":
+                names.append(str(arg).replace(" ", "."))
+            elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                names.append(".".join(strings[-2:]))
+            elif isinstance(arg, str):
+                strings.append(arg)
+        return names if names else None
+    except Exception:  # not a pickle, a truncated one, or a zip without data.pkl
+        return None
+
+
+_ANSI_CODES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
+    text = _ANSI_CODES.sub("", str(exc)).strip().splitlines()
     return text[0] if text else type(exc).__name__

@@ -1,7 +1,7 @@
 """The ``unetseg`` command line: segment TIFF and zarr images, score a segmentation, report devices.
 
 Only argument handling lives here; the work is done by :mod:`.io`, :mod:`.inference` and
-:mod:`.metrics`. Bad input ends with one ``unetseg: error: ...`` line on stderr and exit status
+:mod:`.metrics`. Bad input (usage errors too) ends with one ``unetseg: error: ...`` line on stderr and exit status
 2, before any output is written; Ctrl-C ends with status 130.
 
 Adding a command (e.g. ``train`` or ``models``): write ``_add_<name>(commands)`` that creates
@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 import numpy as np
 
@@ -37,8 +37,9 @@ from .io import (
     probe_image,
     read_image,
 )
-from .metrics import MODES, evaluate
+from .metrics import MODES, check_label_image, evaluate
 from .models import DEFAULT_MODEL, resolve_model
+from .normalize import check_image
 from .optimize import BACKENDS, PRECISIONS
 
 if TYPE_CHECKING:
@@ -56,15 +57,34 @@ class CliError(Exception):
 # --------------------------------------------------------------------------- helpers
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one ``unetseg: error:`` line that points to ``--help``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"unetseg: error: {' '.join(message.split())}; see {self.prog} --help\n")
+
+
 def _load_model(spec: str) -> Checkpoint:
     """A checkpoint from a file path or a built-in model name."""
     return resolve_model(spec)
+
+
+def _model_files(spec: str | None) -> list[Path]:
+    """The checkpoint file a ``--model`` / ``--init`` value names, if it is a file (not a built-in name)."""
+    return [Path(spec)] if spec and Path(spec).exists() else []
 
 
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
     return value
 
 
@@ -233,15 +253,20 @@ def _add_segment(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("-q", "--quiet", action="store_true", help="print nothing unless something fails")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true",
+        help="with --workers, also show the dask cluster's own log messages (hidden by default)",
+    )
     parser.set_defaults(run=_run_segment)
 
 
 def _plan_outputs(
-    inputs: list[Path], output: Path, overwrite: bool, sizes: Sequence[int]
+    inputs: list[Path], output: Path, overwrite: bool, sizes: Sequence[int], extra_inputs: Sequence[Path] = ()
 ) -> list[tuple[Path, Path]]:
     """Pair every input with its output; refuse clashes and existing outputs before any work.
 
-    ``sizes`` (bytes of each input's labels) choose TIFF or zarr when ``output`` is a folder.
+    ``sizes`` (bytes of each input's labels) choose TIFF or zarr when ``output`` is a folder;
+    ``extra_inputs`` (e.g. the model file) must not be overwritten either.
     """
     suffix = output.suffix.lower()
     if suffix == ZARR_SUFFIX or (suffix in TIFF_SUFFIXES and not output.is_dir()):
@@ -261,20 +286,34 @@ def _plan_outputs(
             for src, size in zip(inputs, sizes)
         ]
     claimed: dict[Path, Path] = {}
-    sources = {src.resolve() for src in inputs}
+    _refuse_outputs_over_inputs([dst for _, dst in jobs], [*inputs, *extra_inputs])
     for src, dst in jobs:
         key = dst.resolve()
         if key in claimed:
             raise CliError(f"{claimed[key]} and {src} would both be written to {dst}")
         claimed[key] = src
-        if key in sources:
-            raise CliError(f"output {dst} is one of the inputs; choose another output")
         if dst.is_dir() and not (dst.suffix.lower() == ZARR_SUFFIX and is_zarr_store(dst)):
             raise CliError(f"output {dst} is a folder")
         if dst.exists() and not overwrite:
             raise FileExistsError(f"{dst} already exists; use --overwrite to replace it")
         _check_writable_folder(dst.parent)
     return jobs
+
+
+def _refuse_outputs_over_inputs(outputs: Sequence[Path], inputs: Sequence[Path]) -> None:
+    """Refuse any output that is one of the command's inputs, even with ``--overwrite``.
+
+    Paths are compared after resolving symbolic links (and by inode, for hard links); an output
+    folder (zarr store) holding an input, or lying inside one, counts too, since replacing or
+    filling it would change the input.
+    """
+    for dst in outputs:
+        real_dst = Path(os.path.realpath(dst))
+        for src in inputs:
+            real_src = Path(os.path.realpath(src))
+            same = real_dst == real_src or (dst.exists() and src.exists() and os.path.samefile(dst, src))
+            if same or real_src.is_relative_to(real_dst) or real_dst.is_relative_to(real_src):
+                raise CliError(f"output {dst} would overwrite the input {src}; choose another output")
 
 
 def _check_writable_folder(folder: Path) -> None:
@@ -301,7 +340,7 @@ def _cluster_client(args: argparse.Namespace) -> Iterator[Client | None]:
             f"--scheduler and --workers need dask.distributed ({exc.name} is not installed): "
             "pip install 'napari-unetseg[distributed]'"
         ) from None
-    with connect(args.scheduler) if args.scheduler is not None else local_client(args.workers) as client:
+    with connect(args.scheduler) if args.scheduler is not None else local_client(args.workers, args.verbose) as client:
         yield client
 
 
@@ -326,6 +365,7 @@ def _run_segment(args: argparse.Namespace) -> int:
     infos = [probe_image(src) for src in args.inputs]
     layouts = []
     for src, info in zip(args.inputs, infos):
+        check_image(info, str(src))
         try:
             layouts.append(parse_axes(info.shape, args.axes or info.axes))
         except ValueError as exc:
@@ -334,7 +374,8 @@ def _run_segment(args: argparse.Namespace) -> int:
     device: Any = args.device if args.scheduler is not None else get_device(args.device)
     checkpoint = _load_model(args.model)
     specs = [labels_spec(info.shape, layout, checkpoint.info.mode) for info, layout in zip(infos, layouts)]
-    jobs = _plan_outputs(args.inputs, args.output, args.overwrite, [math.prod(s) * d.itemsize for s, d in specs])
+    sizes = [math.prod(s) * d.itemsize for s, d in specs]
+    jobs = _plan_outputs(args.inputs, args.output, args.overwrite, sizes, _model_files(args.model))
     with _cluster_client(args) as client:
         for number, ((src, dst), layout, (shape, dtype)) in enumerate(zip(jobs, layouts, specs), start=1):
             started = time.monotonic()
@@ -398,6 +439,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     for path in (args.prediction, args.truth):
         probe_image(path)
     prediction, truth = np.asarray(read_image(args.prediction)), np.asarray(read_image(args.truth))
+    for path, labels in ((args.prediction, prediction), (args.truth, truth)):
+        check_label_image(labels, str(path))
     if prediction.shape != truth.shape:
         raise CliError(f"{args.prediction} has shape {prediction.shape} but {args.truth} has {truth.shape}")
     scores = evaluate(
@@ -432,7 +475,10 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--init", metavar="NAME|PATH", help="start from this built-in model or checkpoint")
     parser.add_argument("--mode", choices=MODES, help="instance or semantic (default: the --init model's, else instance)")
     parser.add_argument("--iterations", type=_positive_int, default=300, help="training iterations (default: 300)")
-    parser.add_argument("--max-seconds", type=float, help="stop after this many seconds, keeping the best weights")
+    parser.add_argument(
+        "--max-seconds", type=_positive_float,
+        help="stop after this many seconds (at least one iteration runs), keeping the best weights",
+    )
     parser.add_argument("--freeze-encoder", action="store_true", help="train only the decoder (faster fine-tuning)")
     parser.add_argument(
         "--device", default="auto", metavar="{" + ",".join(DEVICE_CHOICES) + "}", help="compute device (default: auto)"
@@ -449,10 +495,13 @@ def _run_train(args: argparse.Namespace) -> int:
 
     for path in (args.image, args.labels):
         probe_image(path)
+    _refuse_outputs_over_inputs([args.output], [args.image, args.labels, *_model_files(args.init)])
     if args.output.exists() and not args.overwrite:
         raise FileExistsError(f"{args.output} already exists; use --overwrite to replace it")
     _check_writable_folder(args.output.parent)
     image, labels = np.asarray(read_image(args.image)), np.asarray(read_image(args.labels))
+    check_image(image, str(args.image))
+    check_label_image(labels, str(args.labels))
     get_device(args.device)
     parent = _load_model(args.init) if args.init else None
     config = TrainConfig(
@@ -572,7 +621,7 @@ COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``unetseg`` argument parser with every command in :data:`COMMANDS`."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="unetseg",
         description="U-Net segmentation of microscopy images from the command line.",
         epilog="Run 'unetseg COMMAND --help' for the options of a command.",

@@ -19,6 +19,7 @@ raised); a rerun task rewrites the same planes with the same labels.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import threading
 import uuid
@@ -46,6 +47,7 @@ from .inference import (
     stitch_plane,
 )
 from .io import probe_image, read_image
+from .normalize import check_image
 
 #: Times dask reruns a task that raised (e.g. on a flaky network file system).
 TASK_RETRIES = 2
@@ -220,7 +222,9 @@ def segment_distributed(
     if checkpoint.path is None:
         raise ValueError("the model must be saved as a checkpoint file so that the workers can load it")
     source = os.fspath(Path(image).absolute()) if isinstance(image, (str, os.PathLike)) else image
-    shape = probe_image(source).shape if isinstance(source, str) else tuple(source.shape)
+    described = probe_image(source) if isinstance(source, str) else source
+    check_image(described, os.fspath(image) if isinstance(image, (str, os.PathLike)) else "image")
+    shape = tuple(described.shape)
     layout = parse_axes(shape, axes)
     out_shape, _ = labels_spec(shape, layout, checkpoint.info.mode)
     _check_output(out, out_shape)
@@ -279,8 +283,11 @@ class TorchThreads(WorkerPlugin):
         torch.set_num_threads(self.threads)
 
 
-def local_client(n_workers: int) -> Client:
+def local_client(n_workers: int, verbose: bool = False) -> Client:
     """A client of ``n_workers`` worker processes started on this machine (they stop with the client).
+
+    The cluster's own log messages (worker start-up, task tracebacks) go to stderr only when
+    ``verbose``: a failing task already ends the run with its error.
 
     Each worker runs one task at a time with an equal share of the cores for PyTorch, so one
     worker is about as fast as one process. Dask's ``MALLOC_TRIM_THRESHOLD_`` is left unset: it
@@ -289,6 +296,9 @@ def local_client(n_workers: int) -> Client:
     clusters can run at once.
     """
     with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
-        client = Client(n_workers=n_workers, threads_per_worker=1, dashboard_address=":0")
+        client = Client(
+            n_workers=n_workers, threads_per_worker=1, dashboard_address=":0",
+            silence_logs=logging.WARNING if verbose else logging.CRITICAL,
+        )
     client.register_plugin(TorchThreads(max(1, CPU_COUNT // n_workers)))
     return client

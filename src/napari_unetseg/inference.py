@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, info_problem
 from .device import fit_to_memory, get_device
-from .normalize import normalize_plane
+from .normalize import check_image, normalize_plane
 from .metrics import agreement
 from .model import UNet
 from .optimize import cpu_supports_bf16, make_fast_model
@@ -126,6 +126,9 @@ class PlanePredictor:
         precision: str = "auto",
         backend: str = "torch",
     ) -> None:
+        problem = info_problem(checkpoint.info, checkpoint.model.num_classes)
+        if problem:  # checked at load already; this catches checkpoints built in memory
+            raise ValueError(f"model {checkpoint.info.name or checkpoint.path or '(unnamed)'}: {problem}")
         self.checkpoint = checkpoint
         self.network = checkpoint.model
         device = get_device(device)
@@ -306,6 +309,7 @@ def iter_segment(
     ``"auto"`` runs float32 CPU work with ONNX Runtime when it is installed (see :mod:`.optimize`);
     it exports the network first (a second or two), so it pays for stacks, not single planes.
     """
+    check_image(image)
     layout = parse_axes(image.shape, axes)
     predictor = PlanePredictor(resolve_checkpoint(model), device, batch_size, tile_size, precision, backend)
     plane_shape = tuple(image.shape[layout.axes.index(a)] for a in layout.plane_axes)
@@ -363,8 +367,10 @@ def segment(
 
     ``out`` (e.g. a zarr array from :func:`~.io.create_labels_zarr`) receives each batch's planes as
     soon as they are done and is returned, so memory stays bounded by one batch however large the
-    stack; by default a new numpy array is returned.
+    stack; by default a new numpy array is returned. A boolean image (a mask) is segmented as
+    0/1; a non-array raises TypeError and a complex or non-numeric dtype ValueError.
     """
+    check_image(image)
     layout = parse_axes(image.shape, axes)
     checkpoint = resolve_checkpoint(model)
     shape, dtype = labels_spec(image.shape, layout, checkpoint.info.mode)

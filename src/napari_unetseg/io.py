@@ -8,6 +8,7 @@ stores with one compressed chunk per 2D plane, filled plane by plane as they are
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import secrets
@@ -18,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numcodecs
 import numpy as np
@@ -188,6 +189,21 @@ def temporary_labels_zarr(shape: Sequence[int], dtype: Any) -> zarr.Array:
     return array
 
 
+#: Errors of a write that fill or refuse the output's storage; their messages should name the output.
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+
+
+def raise_naming(exc: BaseException, path: str | os.PathLike) -> NoReturn:
+    """Re-raise ``exc``; a storage error that names no file (e.g. a full disk) is raised as one naming ``path``.
+
+    Writers call this after removing their temporary file, so the message says which output
+    failed: ``out/b_labels.tif: No space left on device``.
+    """
+    if isinstance(exc, OSError) and not exc.filename and exc.errno in _STORAGE_ERRNOS:
+        raise OSError(exc.errno, exc.strerror or os.strerror(exc.errno), os.fspath(path)) from exc
+    raise exc
+
+
 def _refuse_existing(path: Path, overwrite: bool) -> None:
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists; choose another name or allow overwriting")
@@ -202,6 +218,8 @@ def _staged_zarr(path: Path, shape: Sequence[int], dtype: Any, overwrite: bool) 
     try:
         yield create_labels_zarr(tmp, shape, dtype)
         _move_store_into_place(tmp, path, overwrite)
+    except BaseException as exc:
+        raise_naming(exc, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -303,9 +321,9 @@ def write_labels(path: str | os.PathLike, labels: Any, overwrite: bool = False) 
             handle.flush()
             os.fsync(handle.fileno())
         _move_into_place(tmp, path, overwrite)
-    except BaseException:
+    except BaseException as exc:  # a full disk, Ctrl-C, ...: no temporary file is left
         tmp.unlink(missing_ok=True)
-        raise
+        raise_naming(exc, path)
     return path
 
 

@@ -31,6 +31,22 @@ MODES = ("instance", "semantic")
 IOU_THRESHOLDS: tuple[float, ...] = tuple(round(0.5 + 0.05 * i, 2) for i in range(9))
 
 
+def check_label_image(labels: np.ndarray, what: str = "labels") -> None:
+    """Refuse what is not a label image: a non-integer dtype (e.g. a probability map) or negative values.
+
+    ``what`` names the array (or its file) in the message. Booleans count as labels 0 and 1.
+    """
+    dtype = np.asarray(labels).dtype if not hasattr(labels, "dtype") else np.dtype(labels.dtype)
+    if dtype.kind not in "biu":
+        raise ValueError(
+            f"{what} must hold integer labels, got dtype {dtype} (a probability map? threshold it first)"
+        )
+    if dtype.kind == "i" and labels.size:
+        lowest = int(np.min(labels))
+        if lowest < 0:
+            raise ValueError(f"{what} holds negative labels (down to {lowest}); labels are 0 or positive integers")
+
+
 def _pair(prediction: ArrayLike, truth: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """Both maps as numpy arrays, refusing different shapes (a silent broadcast would lie)."""
     prediction, truth = np.asarray(prediction), np.asarray(truth)
@@ -384,11 +400,14 @@ def evaluate(
     the keys ``"0"`` (not cell, e.g. membrane) and ``"1"`` (cell). The Rand scores are taken
     after border thinning (see the module docstring); ``adapted_rand_error_unthinned`` counts
     predicted membrane pixels as one segment, as scikit-image does. ``ignore`` is a truth value
-    (e.g. 0 for "not annotated") whose pixels are left out of the pixel scores.
+    (e.g. 0 for "not annotated") whose pixels are left out of the pixel scores. Both maps must be
+    non-negative integer labels (:func:`check_label_image`).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     prediction, truth = _pair(prediction, truth)
+    check_label_image(prediction, "prediction")
+    check_label_image(truth, "truth")
     if mode == "instance":
         slices = bool(per_slice) and truth.ndim > 2
         return {

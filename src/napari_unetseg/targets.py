@@ -27,15 +27,14 @@ from scipy import ndimage as ndi
 from torch.nn import functional as F
 
 from .checkpoint import INSTANCE_CLASSES, MODES
+from .metrics import check_label_image
 
 IGNORE = -1  # target value of pixels the loss ignores
 
 
 def check_labels(annotation: np.ndarray) -> None:
-    if annotation.dtype.kind not in "iub":
-        raise ValueError(f"annotation must hold integer labels (0 = not annotated), got dtype {annotation.dtype}")
-    if annotation.dtype.kind == "i" and annotation.size and annotation.min() < 0:
-        raise ValueError("annotation must not contain negative labels (0 = not annotated, 1 = background)")
+    """Refuse an annotation that is not non-negative integer labels (0 = not annotated, 1 = background)."""
+    check_label_image(annotation, "annotation")
 
 
 def closed_objects(

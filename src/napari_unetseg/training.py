@@ -12,6 +12,7 @@ import math
 import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import asdict, dataclass, field, replace
+from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
@@ -37,6 +38,7 @@ from .training_data import (
     as_pairs,
     check_classes,
     class_names,
+    compact_object_ids,
     describe,
     painted_values,
     resolve_parent,
@@ -72,7 +74,8 @@ class TrainConfig:
     (EM: 2 = cell); thin separators then get the paper's border weight (``w0``, ``sigma``), as
     instance mode always does. ``base_channels`` / ``depth`` shape a network trained from scratch.
     Runs limited by ``iterations`` are reproducible on the CPU for a given ``seed``; with ``max_seconds`` the
-    learning-rate decay follows the clock.
+    learning-rate decay follows the clock, and at least one iteration runs however short the budget.
+    ``iterations`` < 1 and ``max_seconds`` <= 0 are refused (ValueError): they would save untrained weights.
     """
 
     mode: str | None = None
@@ -102,6 +105,12 @@ class TrainConfig:
     normalization: dict[str, float] | None = None
     name: str = ""
     description: str = ""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.iterations, bool) or not isinstance(self.iterations, Integral) or self.iterations < 1:
+            raise ValueError(f"iterations must be a whole number >= 1, got {self.iterations!r}")
+        if self.max_seconds is not None and not (isinstance(self.max_seconds, Real) and self.max_seconds > 0):
+            raise ValueError(f"max_seconds must be a positive number of seconds (or None), got {self.max_seconds!r}")
 
 
 @dataclass(frozen=True)
@@ -231,6 +240,8 @@ class Trainer:
         parent_norm = self.parent_info.normalization if self.parent_info else None
         self.normalization = dict(cfg.normalization or parent_norm or {"low": 1.0, "high": 99.8})
         pairs = as_pairs(image, annotation)
+        if self.mode == "instance":
+            pairs = [(img, compact_object_ids(ann)) for img, ann in pairs]
         self.planes = annotated_planes(pairs, self.normalization)
         values = painted_values(self.planes)
         self.class_names = class_names(self.mode, max(values), cfg.class_names, self.parent_info)
@@ -424,7 +435,7 @@ class Trainer:
                 if self.validates and self.history and not self.history[-1].validated:
                     self._score(self.validate())  # the weights a user stopped at get their chance
                 return
-            if not self._fits(per_step):
+            if self.done > done_before and not self._fits(per_step):  # the first iteration always runs
                 return
             loss = self._step()
             self.done += 1

@@ -15,9 +15,10 @@ from scipy import ndimage as ndi
 
 from .checkpoint import INSTANCE_CLASSES, Checkpoint, ModelInfo
 from .model import UNet
-from .normalize import normalize_plane
+from .normalize import check_image, normalize_plane
 from .targets import IGNORE, check_labels
 
+MAX_CLASSES = 255  # semantic results are uint8 class maps
 VAL_BLOCK = 32  # side of the square blocks of painted pixels held out for pixel validation
 #: Instance annotations with at least this many painted objects are validated on held-out objects.
 MIN_VALIDATION_OBJECTS = 4
@@ -52,6 +53,7 @@ def as_pairs(image: Any, annotation: Any) -> list[tuple[np.ndarray, np.ndarray]]
             raise ValueError("give as many annotations as images")
         return [pair for img, ann in zip(image, annotation) for pair in as_pairs(img, ann)]
     img, ann = np.asarray(image), np.asarray(annotation)
+    check_image(img)
     check_labels(ann)
     if img.ndim == ann.ndim + 1 and img.shape[-1] in (3, 4) and img.shape[:-1] == ann.shape:
         img = np.nanmean(img.astype(np.float32), axis=-1)  # RGB(A) -> grey, as inference does
@@ -60,6 +62,21 @@ def as_pairs(image: Any, annotation: Any) -> list[tuple[np.ndarray, np.ndarray]]
     if not 2 <= img.ndim <= 4:
         raise ValueError(f"need 2D (Y,X), 3D (Z,Y,X) or 4D (T,Z,Y,X) data, got shape {img.shape}")
     return [(img, ann)]
+
+
+def compact_object_ids(annotation: np.ndarray) -> np.ndarray:
+    """An instance annotation with its object ids renumbered 2, 3, ... in order (0 and 1 kept).
+
+    Ids may be any integers (e.g. from another tool, near 2**31): after this nothing downstream
+    depends on the largest id, only on the number of objects. The annotation is not modified.
+    """
+    objects = annotation >= 2
+    ids, inverse = np.unique(annotation[objects], return_inverse=True)
+    if ids.size == 0 or int(ids[-1]) == ids.size + 1:  # no objects, or already 2..n+1
+        return annotation
+    out = np.where(objects, 0, annotation).astype(np.min_scalar_type(ids.size + 1))
+    out[objects] = inverse + 2
+    return out
 
 
 def annotated_planes(pairs: list[tuple[np.ndarray, np.ndarray]], norm: dict[str, float]) -> list[Plane]:
@@ -94,8 +111,11 @@ def check_classes(mode: str, values: set[int], keeps_parent_view: bool) -> None:
 
 
 def class_names(mode: str, max_label: int, given: list[str] | None, parent: ModelInfo | None) -> list[str]:
+    """The output classes: instance mode's three, else one per label value up to ``max_label``."""
     if mode == "instance":
         return list(INSTANCE_CLASSES)
+    if max_label > MAX_CLASSES:
+        raise ValueError(f"semantic labels are classes 1..{MAX_CLASSES}, but label {max_label} is annotated")
     if given:
         if len(given) < max_label:
             raise ValueError(f"{len(given)} class names given but label {max_label} is annotated")
@@ -209,8 +229,9 @@ def split_objects(planes: list[Plane], rng: np.random.Generator) -> list[tuple[i
 
 def describe(pairs: list[tuple[np.ndarray, np.ndarray]], planes: list[Plane], mode: str) -> dict[str, Any]:
     """Plain-data summary of the training data for the checkpoint's provenance."""
-    counts = np.bincount(np.concatenate([p.annotation[p.annotation > 0].astype(np.int64) for p in planes]))
-    per_label = {str(k): int(c) for k, c in enumerate(counts) if c and k > 0}
+    # counted sparsely: the work depends on the painted pixels, not on the largest id
+    labels, counts = np.unique(np.concatenate([p.annotation[p.annotation > 0] for p in planes]), return_counts=True)
+    per_label = {str(k): int(c) for k, c in zip(labels.tolist(), counts.tolist())}
     shapes = [list(img.shape) for img, _ in pairs]
-    summary = f"{len(planes)} annotated plane(s) of {shapes}, {int(counts[1:].sum())} painted pixels ({mode})"
+    summary = f"{len(planes)} annotated plane(s) of {shapes}, {int(counts.sum())} painted pixels ({mode})"
     return {"summary": summary, "shapes": shapes, "planes": len(planes), "pixels_per_label": per_label}
