@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -120,6 +121,17 @@ def test_a_checkpoint_with_a_bad_normalisation_is_named_at_load(tmp_path, normal
     assert not (tmp_path / "out.tif").exists()
 
 
+@pytest.mark.parametrize(
+    "field, value, message",
+    [("mode", "panoptic", "unusable metadata (mode must be one of"), ("colour", "red", "unusable metadata"),
+     ("class_names", "ab", "class_names must be a list of names")],
+)
+def test_other_bad_metadata_is_named_at_load(tmp_path, field, value, message):
+    path = write_raw_checkpoint(tmp_path / "odd.pt", tiny_unet(), {**asdict(ModelInfo()), field: value})
+    with pytest.raises(CheckpointError, match=f"odd.pt: {re.escape(message)}"):
+        load_checkpoint(path)
+
+
 @pytest.mark.parametrize("weights", [[0.5, 0.3, 0.2], [0.5], [0.5, "x"], [0.5, -1.0]])
 def test_decision_weights_that_do_not_fit_the_classes_are_blamed_on_the_checkpoint(tmp_path, weights, capsys, painted):
     info = {**asdict(ModelInfo(mode="semantic", class_names=["membrane", "cell"])), "decision_weights": weights}
@@ -191,6 +203,22 @@ def test_train_never_writes_over_an_input(tmp_path, painted, tiny_instance_check
     assert main(argv) == 2
     assert "would overwrite the input" in error_line(capsys)
     assert snapshot(tmp_path) == before
+
+
+def test_train_never_writes_over_the_built_in_model_it_starts_from(painted, capsys):
+    from napari_unetseg.models import resolve_model
+
+    shipped = Path(resolve_model("nuclei").path)
+    original = shipped.read_bytes()
+    argv = ["train", str(painted["image"]), str(painted["labels"]), "-o", str(shipped), "--overwrite",
+            "--init", "nuclei", "--iterations", "1", "--device", "cpu"]
+    try:
+        assert main(argv) == 2
+        assert "would overwrite the input" in error_line(capsys)
+    finally:
+        if shipped.read_bytes() != original:  # never leave a broken package behind, even when failing
+            shipped.write_bytes(original)
+            pytest.fail("the built-in model was overwritten")
 
 
 def test_segment_never_writes_over_an_input_through_a_link_or_a_store(tmp_path, tiny_instance_checkpoint, capsys):
