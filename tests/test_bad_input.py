@@ -99,9 +99,11 @@ def test_a_complex_image_is_refused_by_name(tmp_path, tiny_instance_checkpoint, 
     assert not out.exists()
 
 
-def test_a_plain_list_is_refused_with_a_type_error():
+def test_a_plain_list_or_a_tensor_is_refused_with_a_type_error():
     with pytest.raises(TypeError, match="got list.*numpy.asarray"):
         segment([[0, 1], [1, 0]], threshold_checkpoint(), device="cpu")
+    with pytest.raises(TypeError, match="torch.float32, not a numpy dtype.*numpy.asarray"):
+        segment(torch.ones(32, 32), threshold_checkpoint(), device="cpu")
 
 
 @pytest.mark.parametrize(
