@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -98,9 +99,11 @@ def test_a_complex_image_is_refused_by_name(tmp_path, tiny_instance_checkpoint, 
     assert not out.exists()
 
 
-def test_a_plain_list_is_refused_with_a_type_error():
+def test_a_plain_list_or_a_tensor_is_refused_with_a_type_error():
     with pytest.raises(TypeError, match="got list.*numpy.asarray"):
         segment([[0, 1], [1, 0]], threshold_checkpoint(), device="cpu")
+    with pytest.raises(TypeError, match="torch.float32, not a numpy dtype.*numpy.asarray"):
+        segment(torch.ones(32, 32), threshold_checkpoint(), device="cpu")
 
 
 @pytest.mark.parametrize(
@@ -118,6 +121,17 @@ def test_a_checkpoint_with_a_bad_normalisation_is_named_at_load(tmp_path, normal
     assert main(["segment", str(painted["image"]), "-o", str(tmp_path / "out.tif"), "-m", str(path)]) == 2
     assert "odd.pt: normalization" in error_line(capsys)
     assert not (tmp_path / "out.tif").exists()
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [("mode", "panoptic", "unusable metadata (mode must be one of"), ("colour", "red", "unusable metadata"),
+     ("class_names", "ab", "class_names must be a list of names")],
+)
+def test_other_bad_metadata_is_named_at_load(tmp_path, field, value, message):
+    path = write_raw_checkpoint(tmp_path / "odd.pt", tiny_unet(), {**asdict(ModelInfo()), field: value})
+    with pytest.raises(CheckpointError, match=f"odd.pt: {re.escape(message)}"):
+        load_checkpoint(path)
 
 
 @pytest.mark.parametrize("weights", [[0.5, 0.3, 0.2], [0.5], [0.5, "x"], [0.5, -1.0]])
@@ -191,6 +205,22 @@ def test_train_never_writes_over_an_input(tmp_path, painted, tiny_instance_check
     assert main(argv) == 2
     assert "would overwrite the input" in error_line(capsys)
     assert snapshot(tmp_path) == before
+
+
+def test_train_never_writes_over_the_built_in_model_it_starts_from(painted, capsys):
+    from napari_unetseg.models import resolve_model
+
+    shipped = Path(resolve_model("nuclei").path)
+    original = shipped.read_bytes()
+    argv = ["train", str(painted["image"]), str(painted["labels"]), "-o", str(shipped), "--overwrite",
+            "--init", "nuclei", "--iterations", "1", "--device", "cpu"]
+    try:
+        assert main(argv) == 2
+        assert "would overwrite the input" in error_line(capsys)
+    finally:
+        if shipped.read_bytes() != original:  # never leave a broken package behind, even when failing
+            shipped.write_bytes(original)
+            pytest.fail("the built-in model was overwritten")
 
 
 def test_segment_never_writes_over_an_input_through_a_link_or_a_store(tmp_path, tiny_instance_checkpoint, capsys):

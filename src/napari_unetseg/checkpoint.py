@@ -116,6 +116,9 @@ def info_problem(info: ModelInfo, num_classes: int) -> str | None:
     Checked when a checkpoint is loaded or saved, so a bad field is blamed on the checkpoint and
     not, later, on the image being segmented.
     """
+    names = info.class_names
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        return f"class_names must be a list of names, got {names!r}"
     expected = len(INSTANCE_CLASSES) if info.mode == "instance" else len(info.class_names)
     if num_classes != expected:
         return (f"{info.mode} mode with classes {info.class_names} needs {expected} outputs, "
@@ -167,6 +170,9 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         )
     try:
         info = ModelInfo(**payload["info"])
+    except (KeyError, TypeError, ValueError) as exc:  # a missing, unknown or invalid metadata field
+        raise CheckpointError(f"{path}: unusable metadata ({_first_line(exc)})") from None
+    try:
         model = UNet(**payload["config"])
         model.load_state_dict(payload["state_dict"], strict=True)
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:

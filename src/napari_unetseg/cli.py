@@ -69,9 +69,9 @@ def _load_model(spec: str) -> Checkpoint:
     return resolve_model(spec)
 
 
-def _model_files(spec: str | None) -> list[Path]:
-    """The checkpoint file a ``--model`` / ``--init`` value names, if it is a file (not a built-in name)."""
-    return [Path(spec)] if spec and Path(spec).exists() else []
+def _model_file(checkpoint: Checkpoint | None) -> list[Path]:
+    """The file a loaded ``--model`` / ``--init`` came from (a built-in model's too): an input of the command."""
+    return [Path(checkpoint.path)] if checkpoint is not None and checkpoint.path is not None else []
 
 
 def _positive_int(text: str) -> int:
@@ -375,7 +375,7 @@ def _run_segment(args: argparse.Namespace) -> int:
     checkpoint = _load_model(args.model)
     specs = [labels_spec(info.shape, layout, checkpoint.info.mode) for info, layout in zip(infos, layouts)]
     sizes = [math.prod(s) * d.itemsize for s, d in specs]
-    jobs = _plan_outputs(args.inputs, args.output, args.overwrite, sizes, _model_files(args.model))
+    jobs = _plan_outputs(args.inputs, args.output, args.overwrite, sizes, _model_file(checkpoint))
     with _cluster_client(args) as client:
         for number, ((src, dst), layout, (shape, dtype)) in enumerate(zip(jobs, layouts, specs), start=1):
             started = time.monotonic()
@@ -495,7 +495,8 @@ def _run_train(args: argparse.Namespace) -> int:
 
     for path in (args.image, args.labels):
         probe_image(path)
-    _refuse_outputs_over_inputs([args.output], [args.image, args.labels, *_model_files(args.init)])
+    parent = _load_model(args.init) if args.init else None
+    _refuse_outputs_over_inputs([args.output], [args.image, args.labels, *_model_file(parent)])
     if args.output.exists() and not args.overwrite:
         raise FileExistsError(f"{args.output} already exists; use --overwrite to replace it")
     _check_writable_folder(args.output.parent)
@@ -503,7 +504,6 @@ def _run_train(args: argparse.Namespace) -> int:
     check_image(image, str(args.image))
     check_label_image(labels, str(args.labels))
     get_device(args.device)
-    parent = _load_model(args.init) if args.init else None
     config = TrainConfig(
         mode=args.mode, iterations=args.iterations, max_seconds=args.max_seconds, seed=args.seed,
         freeze_encoder=args.freeze_encoder, device=args.device, name=args.output.stem,

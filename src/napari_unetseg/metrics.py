@@ -36,11 +36,9 @@ def check_label_image(labels: np.ndarray, what: str = "labels") -> None:
 
     ``what`` names the array (or its file) in the message. Booleans count as labels 0 and 1.
     """
-    dtype = np.asarray(labels).dtype if not hasattr(labels, "dtype") else np.dtype(labels.dtype)
+    dtype = np.dtype(labels.dtype)
     if dtype.kind not in "biu":
-        raise ValueError(
-            f"{what} must hold integer labels, got dtype {dtype} (a probability map? threshold it first)"
-        )
+        raise ValueError(f"{what} must hold integer labels, got dtype {dtype} (a probability map? threshold it first)")
     if dtype.kind == "i" and labels.size:
         lowest = int(np.min(labels))
         if lowest < 0:

@@ -35,7 +35,10 @@ def check_image(image: Any, what: str = "image") -> None:
             f"{what} must be an array with a shape and a dtype (numpy, dask or zarr), got {type(image).__name__}; "
             "convert it with numpy.asarray"
         )
-    dtype = np.dtype(image.dtype)
+    try:
+        dtype = np.dtype(image.dtype)
+    except TypeError:  # e.g. a torch tensor
+        raise TypeError(f"{what} has dtype {image.dtype}, not a numpy dtype; convert it with numpy.asarray") from None
     if dtype.kind == "c":
         raise ValueError(f"{what} is complex-valued ({dtype}); segment its magnitude (numpy.abs) or one part of it")
     if dtype.kind not in "biuf":
