@@ -162,6 +162,8 @@ class Case:
     score_images: np.ndarray  # (N, Y, X)
     score_truth: np.ndarray
     region: np.ndarray  # painted region (bool, Y x X); the score covers the rest
+    before: np.ndarray | None = None  # the parent's labels of the scored planes
+    result: np.ndarray | None = None  # the parent's labels of the painted plane (for "From result")
 
 
 def left_half(shape: tuple[int, int]) -> np.ndarray:
@@ -202,10 +204,12 @@ def unpainted_f1(labels: np.ndarray, case: Case) -> float:
 
 
 def run_case(case: Case, style: str, seed: int, seconds: float, iterations: int, parent, **options) -> dict:
+    """Paint ``case`` in ``style``, fine-tune ``parent`` on it, and score the unpainted region before and after."""
     rng = np.random.default_rng(seed)
-    before_labels = segment(case.score_images, parent, device="cpu", precision="float32")
-    plane_result = segment(case.image, parent, device="cpu", precision="float32")
-    annotation = paint(style, case.truth, plane_result, case.region, rng)
+    if case.before is None:  # the parent's labels, the same for every style
+        case.before = segment(case.score_images, parent, device="cpu", precision="float32")
+        case.result = segment(case.image, parent, device="cpu", precision="float32")
+    annotation = paint(style, case.truth, case.result, case.region, rng)
     config = TrainConfig(iterations=iterations, max_seconds=seconds, seed=seed, device="cpu", **options)
     started = time.perf_counter()
     trainer = Trainer(case.image, annotation, parent, config)
@@ -213,7 +217,7 @@ def run_case(case: Case, style: str, seed: int, seconds: float, iterations: int,
         pass
     result = trainer.result()
     after_labels = segment(case.score_images, result.checkpoint(), device="cpu", precision="float32")
-    before, after = unpainted_f1(before_labels, case), unpainted_f1(after_labels, case)
+    before, after = unpainted_f1(case.before, case), unpainted_f1(after_labels, case)
     return {
         "case": case.name, "style": style, "seed": seed, "before": round(before, 4), "after": round(after, 4),
         "gain": round(after - before, 4), "iterations": trainer.done, "kept_iteration": result.best_iteration,
