@@ -286,9 +286,11 @@ class Trainer:
             p.targets = derive_targets(p.annotation, self.mode, p.closed)
 
     def _predictor(self, network: UNet) -> PlanePredictor:
-        """Segments normalised planes with ``network`` as users will get them, in float32."""
+        """Segments normalised planes with ``network`` as users will get them, in float32 with PyTorch
+        (weights change at every call: nothing to gain from an exported graph)."""
         info = ModelInfo(self.mode, list(self.class_names), dict(self.normalization))
-        return PlanePredictor(Checkpoint(network.eval(), info), self.device, precision=VALIDATION_PRECISION)
+        return PlanePredictor(Checkpoint(network.eval(), info), self.device, precision=VALIDATION_PRECISION,
+                              backend="torch")
 
     def _prepare_weights(self) -> None:
         """Loss weights per plane (class balance from all training pixels) and sampling odds."""
