@@ -60,3 +60,13 @@ class ThresholdNet(UNet):
 def disc_image(labels: np.ndarray) -> np.ndarray:
     """A uint16 fluorescence-like image of ``labels``: bright objects on a dark background."""
     return np.where(labels > 0, 1000, 100).astype(np.uint16)
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory, monkeypatch) -> Path:
+    """Exported ONNX models go to a folder of the test session, never the user's cache."""
+    from napari_unetseg.optimize import CACHE_ENV
+
+    folder = tmp_path_factory.getbasetemp() / "cache"
+    monkeypatch.setenv(CACHE_ENV, str(folder))
+    return folder

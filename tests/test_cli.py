@@ -13,7 +13,7 @@ import pytest
 import tifffile
 import torch
 
-from napari_unetseg import __version__, cli
+from napari_unetseg import __version__, inference
 from napari_unetseg.cli import ProgressBar, main
 from napari_unetseg.io import read_image, write_labels
 
@@ -149,7 +149,7 @@ def test_ctrl_c_exits_130_without_output(images, tiny_instance_checkpoint, tmp_p
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "segment", interrupted)
+    monkeypatch.setattr(inference, "segment", interrupted)  # the command imports it when it runs
     out = tmp_path / "out.tif"
     assert main(["segment", str(images["a"]), "-o", str(out), "-m", str(tiny_instance_checkpoint)]) == 130
     assert capsys.readouterr().err.strip().endswith("unetseg: interrupted")

@@ -25,3 +25,18 @@ def test_package_import_is_light_and_public_names_resolve():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_help_and_usage_errors_answer_without_loading_torch():
+    code = (
+        "import contextlib, io, sys\n"
+        "from napari_unetseg.cli import main\n"
+        "for argv in (['--help'], ['segment', '--help'], ['train', '--help'], ['models', '--help'], ['segment']):\n"
+        "    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
+        "        status = main(argv)\n"
+        "    assert status == (2 if argv == ['segment'] else 0), (argv, status)\n"
+        "heavy = [m for m in ('torch', 'onnxruntime', 'zarr', 'scipy', 'skimage') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -1,7 +1,8 @@
 """The ``unetseg`` command line: segment TIFF and zarr images, score a segmentation, report devices.
 
 Only argument handling lives here; the work is done by :mod:`.io`, :mod:`.inference` and
-:mod:`.metrics`. Bad input ends with one ``unetseg: error: ...`` line on stderr and exit status
+:mod:`.metrics`, imported by the command that needs them, so ``unetseg --help`` (and a usage
+error) answers without loading PyTorch. Bad input ends with one ``unetseg: error: ...`` line on stderr and exit status
 2, before any output is written; Ctrl-C ends with status 130.
 
 Adding a command (e.g. ``train`` or ``models``): write ``_add_<name>(commands)`` that creates
@@ -22,27 +23,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-import numpy as np
-
 from . import __version__
-from .checkpoint import Checkpoint
-from .device import DEVICE_CHOICES, DeviceUnavailableError, explain_devices, get_device
-from .inference import AxesLayout, labels_spec, parse_axes, segment
-from .io import (
-    LARGE_RESULT_BYTES,
-    ZARR_SUFFIX,
-    ImageReadError,
-    is_zarr_store,
-    labels_output,
-    probe_image,
-    read_image,
-)
-from .metrics import MODES, evaluate
-from .models import DEFAULT_MODEL, resolve_model
-from .optimize import BACKENDS, PRECISIONS
+from .options import BACKENDS, DEFAULT_MODEL, DEVICE_CHOICES, LARGE_RESULT_BYTES, MODES, PRECISIONS, ZARR_SUFFIX
 
 if TYPE_CHECKING:
     from distributed import Client
+
+    from .checkpoint import Checkpoint
+    from .inference import AxesLayout
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -58,6 +46,8 @@ class CliError(Exception):
 
 def _load_model(spec: str) -> Checkpoint:
     """A checkpoint from a file path or a built-in model name."""
+    from .models import resolve_model
+
     return resolve_model(spec)
 
 
@@ -243,6 +233,8 @@ def _plan_outputs(
 
     ``sizes`` (bytes of each input's labels) choose TIFF or zarr when ``output`` is a folder.
     """
+    from .io import is_zarr_store
+
     suffix = output.suffix.lower()
     if suffix == ZARR_SUFFIX or (suffix in TIFF_SUFFIXES and not output.is_dir()):
         if len(inputs) > 1:
@@ -310,6 +302,9 @@ def _segment_into(
     args: argparse.Namespace, progress: ProgressBar,
 ) -> None:
     """Segment ``src`` into ``out``: in this process, or as tasks on the cluster of ``client``."""
+    from .inference import segment
+    from .io import read_image
+
     options = {
         "axes": layout.axes, "device": device, "batch_size": args.batch_size, "tile_size": args.tile_size,
         "precision": args.precision, "backend": args.backend, "stitch_z": args.stitch_z, "progress": progress,
@@ -323,6 +318,10 @@ def _segment_into(
 
 
 def _run_segment(args: argparse.Namespace) -> int:
+    from .device import get_device
+    from .inference import labels_spec, parse_axes
+    from .io import ImageReadError, labels_output, probe_image
+
     infos = [probe_image(src) for src in args.inputs]
     layouts = []
     for src, info in zip(args.inputs, infos):
@@ -395,6 +394,11 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .io import probe_image, read_image
+    from .metrics import evaluate
+
     for path in (args.prediction, args.truth):
         probe_image(path)
     prediction, truth = np.asarray(read_image(args.prediction)), np.asarray(read_image(args.truth))
@@ -444,7 +448,11 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from .checkpoint import save_checkpoint
+    from .device import get_device
+    from .io import probe_image, read_image
     from .training import TrainConfig, train
 
     for path in (args.image, args.labels):
@@ -525,6 +533,8 @@ def _add_gui(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_gui(args: argparse.Namespace) -> int:
+    from .io import probe_image
+
     if args.image is not None:
         probe_image(args.image)
     try:
@@ -548,6 +558,8 @@ def _add_devices(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_devices(args: argparse.Namespace) -> int:
+    from .device import explain_devices
+
     print(explain_devices().summary())
     return 0
 
@@ -574,6 +586,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _bad_input_errors() -> tuple[type[Exception], ...]:
+    """What ends as one error line: ours, bad values, files, and a missing device if a command asked for one.
+
+    (The device module is imported only by the commands that use it, so its error class is looked
+    up when an error is being handled.)
+    """
+    device = sys.modules.get(f"{__package__}.device")
+    return (CliError, ValueError, OSError, *((device.DeviceUnavailableError,) if device is not None else ()))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``unetseg`` with ``argv`` (default: ``sys.argv[1:]``) and return the exit status."""
     parser = build_parser()
@@ -587,7 +609,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("unetseg: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (CliError, ValueError, OSError, DeviceUnavailableError) as exc:
+    except _bad_input_errors() as exc:
         print(f"unetseg: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
 

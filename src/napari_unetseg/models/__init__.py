@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from ..options import DEFAULT_MODEL
 
 BUILTIN_DIR = Path(__file__).parent
-DEFAULT_MODEL = "nuclei"
 
 
 def builtin_names() -> list[str]:
