@@ -81,3 +81,24 @@ def test_semantic_with_one_class_exits_2(pair, tiny_semantic_checkpoint, tmp_pat
 def test_missing_image_exits_2(pair, tmp_path, capsys):
     assert main(["train", str(tmp_path / "nope.tif"), str(pair[1]), "-o", str(tmp_path / "x.pt")]) == 2
     assert "nope.tif" in error_line(capsys)
+
+
+def test_a_time_budget_that_ends_first_is_said_with_what_was_kept(pair, tiny_instance_checkpoint, tmp_path, capsys):
+    out = tmp_path / "tuned.pt"
+    code = main(["train", *map(str, pair), "-o", str(out), "--init", str(tiny_instance_checkpoint),
+                 "--iterations", "100000", "--max-seconds", "1", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"wrote {out}: the 1s time budget ended after ") and " of 100000 iterations; kept " in last
+    kept = load_checkpoint(out).info.training["best_iteration"]
+    assert (f"kept the weights of iteration {kept} (validation " in last if kept
+            else "kept iteration 0, the start model's weights, unchanged" in last)
+    assert "of 1s" in err  # the bar counted the time
+
+
+def test_a_finished_run_says_how_many_iterations_and_which_were_kept(pair, tmp_path, capsys):
+    out = tmp_path / "new.pt"
+    assert main(["train", *map(str, pair), "-o", str(out), "--iterations", "2", "--device", "cpu"]) == 0
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"wrote {out}: 2 iterations; kept ")

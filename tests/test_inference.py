@@ -46,8 +46,12 @@ def test_axes_inference_and_checks():
     assert parse_axes((10, 10, 3)).axes == "YXC"
     with pytest.raises(ValueError, match="name 2 axes"):
         parse_axes((4, 10, 10), "YX")
+    with pytest.raises(ValueError, match="'Q' is not an axis letter; use T, Z, C, Y, X"):
+        parse_axes((10, 10), "QYX")  # the letter first, not the count
+    with pytest.raises(ValueError, match="'Q', 'W' are not axis letters"):
+        parse_axes((4, 10, 10), "QWYX")
     with pytest.raises(ValueError, match="include Y and X"):
-        parse_axes((4, 10, 10), "ZYQ")
+        parse_axes((4, 10, 10), "ZYZ")
     with pytest.raises(ValueError, match="at least 2"):
         parse_axes((10,))
     with pytest.raises(ValueError, match="cannot infer"):

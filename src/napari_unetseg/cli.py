@@ -95,12 +95,18 @@ class ProgressBar:
     """``[####    ] 12/32 planes 3.1 planes/s ETA 6s`` on stderr, redrawn in place on a terminal.
 
     When the stream is not a terminal (a log file, a pipe) only the final state is written, so
-    logs are not flooded with carriage returns. Call it as ``progress(done, total)``.
+    logs are not flooded with carriage returns. Call it as ``progress(done, total)``. With a time
+    ``budget`` (seconds) the work may end before ``total``: the bar and the ETA follow whichever
+    ends first, the count or the time.
     """
 
-    def __init__(self, label: str, stream: TextIO, enabled: bool = True, width: int = 24, unit: str = "planes") -> None:
+    def __init__(
+        self, label: str, stream: TextIO, enabled: bool = True, width: int = 24, unit: str = "planes",
+        budget: float | None = None,
+    ) -> None:
         self.label = label
         self.unit = unit
+        self.budget = budget
         self.stream = stream
         self.enabled = enabled
         self.width = width
@@ -114,10 +120,18 @@ class ProgressBar:
             return
         elapsed = max(time.monotonic() - self.start, 1e-9)
         rate = done / elapsed
-        filled = self.width * done // total if total else self.width
-        eta = f" ETA {_format_seconds((total - done) / rate)}" if 0 < done < total else ""
+        fraction = done / total if total else 1.0
+        left = (total - done) / rate if 0 < done < total else None
+        clock = ""
+        if self.budget is not None and done < total:
+            fraction = max(fraction, min(elapsed / self.budget, 1.0))
+            time_left = max(self.budget - elapsed, 0.0)
+            left = time_left if left is None else min(left, time_left)
+            clock = f" {_format_seconds(elapsed)} of {_format_seconds(self.budget)}"
+        filled = int(self.width * min(fraction, 1.0))
+        eta = f" ETA {_format_seconds(left)}" if left is not None else ""
         line = (
-            f"{self.label} [{'#' * filled}{' ' * (self.width - filled)}] {done}/{total} {self.unit} "
+            f"{self.label} [{'#' * filled}{' ' * (self.width - filled)}] {done}/{total} {self.unit}{clock} "
             f"{rate:.1f} {self.unit}/s{eta}"
         )
         if self.interactive and (done == total or time.monotonic() - self.last_draw >= 0.1):
@@ -165,11 +179,14 @@ def _add_segment(commands: argparse._SubParsersAction) -> None:
         ),
         epilog=(
             "examples:\n"
-            "  unetseg segment cells.tif -o cells_labels.tif --model nuclei.pt\n"
-            "  unetseg segment a.tif b.tif -o results/ --model nuclei.pt   # results/a_labels.tif, ...\n"
-            "  unetseg segment stack.tif -o stack_labels.tif --model nuclei.pt --axes ZYX --stitch-z\n"
-            "  unetseg segment volume.ome.zarr -o volume_labels.zarr --model nuclei.pt --workers 4\n"
-            "  unetseg segment volume.ome.zarr -o volume_labels.zarr --scheduler tcp://10.0.0.5:8786"
+            f"  unetseg segment cells.tif -o cells_labels.tif                  # the built-in {DEFAULT_MODEL} model\n"
+            "  unetseg segment a.tif b.tif -o results/ --model em-membranes   # results/a_labels.tif, ...\n"
+            "  unetseg segment stack.tif -o stack_labels.tif --axes ZYX --stitch-z\n"
+            "  unetseg segment cells.tif -o cells_labels.tif --model cells-ft1.pt   # a checkpoint file\n"
+            "  unetseg segment volume.ome.zarr -o volume_labels.zarr --workers 4\n"
+            "  unetseg segment volume.ome.zarr -o volume_labels.zarr --scheduler tcp://10.0.0.5:8786\n"
+            "\n"
+            "'unetseg models' lists the built-in model names."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -467,7 +484,7 @@ def _run_train(args: argparse.Namespace) -> int:
         mode=args.mode, iterations=args.iterations, max_seconds=args.max_seconds, seed=args.seed,
         freeze_encoder=args.freeze_encoder, device=args.device, name=args.output.stem,
     )
-    bar = ProgressBar("train", sys.stderr, enabled=not args.quiet, unit="iterations")
+    bar = ProgressBar("train", sys.stderr, enabled=not args.quiet, unit="iterations", budget=args.max_seconds)
 
     def report(step) -> None:
         score = "" if step.val_score is None else f" val {step.val_score:.3f}"
@@ -481,10 +498,23 @@ def _run_train(args: argparse.Namespace) -> int:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(args.output, result.model, result.info, overwrite=args.overwrite)
     if not args.quiet:
-        best = result.history[result.best_iteration - 1] if result.best_iteration else None
-        score = f", validation {best.val_score:.3f}" if best is not None and best.val_score is not None else ""
-        print(f"wrote {args.output} (best weights from iteration {result.best_iteration}{score})", file=sys.stderr)
+        print(f"wrote {args.output}: {_training_summary(result, args)}", file=sys.stderr)
     return 0
+
+
+def _training_summary(result: Any, args: argparse.Namespace) -> str:
+    """How the training ended and which weights were written, in plain words."""
+    done = result.history[-1].iteration if result.history else 0
+    if args.max_seconds is not None and done < args.iterations and not result.stopped:
+        ended = f"the {_format_seconds(args.max_seconds)} time budget ended after {done} of {args.iterations} iterations"
+    else:
+        ended = f"{done} iteration{'s' * (done != 1)}"
+    if result.best_iteration == 0:
+        kept = "the start model's weights, unchanged" if args.init else "the weights before any training"
+        return f"{ended}; kept iteration 0, {kept}"
+    best = result.history[result.best_iteration - 1]
+    score = f" (validation {best.val_score:.3f})" if best.val_score is not None else ""
+    return f"{ended}; kept the weights of iteration {result.best_iteration}{score}"
 
 
 # --------------------------------------------------------------------------- models
@@ -494,7 +524,10 @@ def _add_models(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "models",
         help="list the built-in models",
-        description="List the models shipped with napari-unetseg: name, mode, classes, size, training data, metrics.",
+        description=(
+            "List the models shipped with napari-unetseg: name, mode, classes, size, training data, metrics. "
+            f"The default model ({DEFAULT_MODEL}, used when --model is not given) is marked [default]."
+        ),
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.set_defaults(run=_run_models)
@@ -503,13 +536,14 @@ def _add_models(commands: argparse._SubParsersAction) -> None:
 def _run_models(args: argparse.Namespace) -> int:
     from .models import list_models
 
-    rows = list_models()
+    rows = [{**row, "default": row["name"] == DEFAULT_MODEL} for row in list_models()]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     for row in rows:
         metrics = ", ".join(f"{k} {v}" for k, v in row["metrics"].items())
-        print(f"{row['name']}  ({row['mode']}; classes: {', '.join(row['classes'])}; "
+        default = " [default]" if row["default"] else ""
+        print(f"{row['name']}{default}  ({row['mode']}; classes: {', '.join(row['classes'])}; "
               f"{row['parameters'] / 1e6:.2f} M parameters, {row['size_mb']} MB)")
         print(f"    {row['description']}")
         print(f"    trained on: {row['training_data']}")

@@ -66,11 +66,17 @@ def parse_axes(shape: Sequence[int], axes: str | None = None) -> AxesLayout:
     ndim = len(shape)
     if axes is not None:
         axes = axes.upper()
+        unknown = sorted(set(axes) - set(KNOWN_AXES), key=axes.index)
+        if unknown:
+            letters = ", ".join(repr(letter) for letter in unknown)
+            raise ValueError(
+                f"axes {axes!r}: {letters} {'is not an axis letter' if len(unknown) == 1 else 'are not axis letters'}; "
+                f"use {', '.join(KNOWN_AXES)}"
+            )
+        if len(set(axes)) != len(axes) or not {"Y", "X"} <= set(axes):
+            raise ValueError(f"axes {axes!r} must use each of {', '.join(KNOWN_AXES)} at most once and include Y and X")
         if len(axes) != ndim:
             raise ValueError(f"axes {axes!r} name {len(axes)} axes but the image has {ndim} (shape {tuple(shape)})")
-        unknown = set(axes) - set(KNOWN_AXES)
-        if unknown or len(set(axes)) != len(axes) or not {"Y", "X"} <= set(axes):
-            raise ValueError(f"axes {axes!r} must use each of T, Z, C, Y, X at most once and include Y and X")
         if axes.index("Y") > axes.index("X"):
             raise ValueError(f"axes {axes!r}: Y must come before X")
         return AxesLayout(axes)
