@@ -1,8 +1,14 @@
-"""The model picker: built-in models, the user's fine-tuned versions and checkpoint files loaded by hand."""
+"""The model picker: built-in models, the user's fine-tuned versions and checkpoint files loaded by hand.
+
+It opens on the model used last (remembered in a small JSON file, :func:`settings_path`), else the
+default ``nuclei``, passing over a model made for another kind of image than the one chosen.
+"""
 
 from __future__ import annotations
 
 import copy
+import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,9 +16,48 @@ from magicgui.application import use_app
 from magicgui.widgets import ComboBox, Container, PushButton
 
 from .. import versions
+from ..atomic import atomic_write
 from ..checkpoint import Checkpoint, CheckpointError, ModelInfo, load_checkpoint
+from ..imaging import model_imaging
 from ..models import builtin_names, resolve_model
+from ..options import DEFAULT_MODEL
 from ._layers import Note, notify
+
+#: Overrides the folder of the widget's settings file (tests).
+SETTINGS_ENV = "NAPARI_UNETSEG_CONFIG_DIR"
+
+
+def settings_path() -> Path:
+    """``widget.json`` in ``$NAPARI_UNETSEG_CONFIG_DIR``, else the user config folder (~/.config/napari-unetseg).
+
+    napari 0.9 offers plugins no settings store of their own, so the widget keeps its one setting
+    (the model used last) here.
+    """
+    if os.environ.get(SETTINGS_ENV):
+        return Path(os.environ[SETTINGS_ENV]) / "widget.json"
+    from platformdirs import user_config_dir
+
+    return Path(user_config_dir("napari-unetseg", appauthor=False)) / "widget.json"
+
+
+def last_used_model() -> str | None:
+    """The key (built-in name or file path) of the model last used to segment; None if none or unreadable."""
+    try:
+        value = json.loads(settings_path().read_text()).get("last_model")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+def remember_model(key: str) -> None:
+    """Keep ``key`` as the model to open with next time (atomically; a settings folder that cannot be written is skipped)."""
+    path = settings_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(path, overwrite=True) as handle:
+            handle.write(json.dumps({"last_model": key}).encode())
+    except OSError:
+        pass
 
 
 @dataclass(frozen=True)
@@ -34,6 +79,8 @@ class ModelPicker(Container):
     def __init__(self) -> None:
         self._files: list[Path] = []
         self._cache: dict[str, tuple[float, Checkpoint]] = {}
+        self.chosen_by_user = False  # once true, a new image no longer changes the preselected model
+        self._preselecting = False
         self.model = ComboBox(
             choices=self._choices, tooltip="Built-in models, your fine-tuned versions and loaded files"
         )
@@ -46,7 +93,7 @@ class ModelPicker(Container):
         self.margins = (0, 0, 0, 0)
         self.model.changed.connect(self._on_changed)
         self.load_button.changed.connect(self._on_load_clicked)
-        self._on_changed()
+        self.preselect(None)
 
     # -- the list
 
@@ -77,6 +124,23 @@ class ModelPicker(Container):
     def select(self, key: str) -> None:
         self.refresh()
         self.model.value = key
+        self.chosen_by_user = True
+
+    def preselect(self, image_kind: str | None) -> None:
+        """Choose the model last used, else the default, else the first listed, skipping models for another
+        kind of image than ``image_kind`` (``None``: any kind); unknown models fit any image."""
+        names = {entry.key: entry.name for entry in self.entries()}
+        order = [key for key in (last_used_model(), DEFAULT_MODEL) if key in names] + list(names)
+        fitting = [key for key in order if image_kind is None or model_imaging(names[key]) in (None, image_kind)]
+        before = self.model.value
+        if order:
+            self._preselecting = True
+            try:
+                self.model.value = (fitting or order)[0]
+            finally:
+                self._preselecting = False
+        if self.model.value == before:  # no change event: describe the model here
+            self._on_changed()
 
     def add_file(self, path: str | Path) -> ModelEntry:
         """Load a checkpoint file (:class:`CheckpointError` if unusable), list it and select it."""
@@ -117,7 +181,9 @@ class ModelPicker(Container):
 
     # -- events
 
-    def _on_changed(self, *_: object) -> None:
+    def _on_changed(self, *event: object) -> None:
+        if event and not self._preselecting:  # a change event not caused by preselect: the user's pick
+            self.chosen_by_user = True
         entry = self.current()
         if entry is None:
             self.info.value = "No model yet: load a checkpoint (.pt) file."
