@@ -10,7 +10,9 @@ saves ``first-launch-<W>x<H>.png``, clicks Segment without changing anything, an
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -37,6 +39,8 @@ def main() -> int:
     width, height = (int(n) for n in args.size.lower().split("x"))
     args.out.mkdir(parents=True, exist_ok=True)
 
+    # a new user: no model remembered from an earlier session (and this run remembers nothing of yours)
+    os.environ["NAPARI_UNETSEG_CONFIG_DIR"] = tempfile.mkdtemp(prefix="unetseg-first-launch-")
     from napari_unetseg._widget._launch import open_viewer
     from napari_unetseg._widget._main import UNetSegWidget
 
