@@ -5,9 +5,12 @@
 
 Needs no data: the one-plane image is a synthetic nuclei plane written to a temporary folder.
 Each command runs as ``python -m napari_unetseg.cli ...`` in a fresh process (what the ``unetseg``
-script does), so every row includes the interpreter and the imports. The export cache of the ONNX
-backend lives in a temporary folder (``NAPARI_UNETSEG_CACHE_DIR``): the "cold" row empties it before
-every run (the first segment after an install or a new model), the "warm" row keeps it (every later one).
+script does), so every row includes the interpreter and the imports. The cache (the exported ONNX
+network, and the verdict of the bfloat16 probe that ``--precision auto`` runs on CPUs with native
+bfloat16) lives in a temporary folder (``NAPARI_UNETSEG_CACHE_DIR``): a "cold" row empties it before
+every run (the first segment after an install or with a new model), a "warm" row keeps it (every later
+one). The defaults choose bfloat16 on CPUs with native bfloat16 (when the probe agrees), else float32
+with ONNX Runtime when it is installed: the ONNX rows are what a CPU without bfloat16 (AVX2 only) runs.
 """
 
 from __future__ import annotations
@@ -59,17 +62,18 @@ def main() -> None:
             shutil.rmtree(cache, ignore_errors=True)
 
         segment = ["segment", str(image), "-o", str(folder / "out"), "--overwrite", "-q"]
+        onnx = [*segment, "--precision", "float32"]
         rows = [
             ("`unetseg --help`", wall_seconds(["--help"], env, args.runs)),
             ("`unetseg models`", wall_seconds(["models"], env, args.runs)),
-            (f"`unetseg segment` one {args.size} px plane (defaults)", wall_seconds(segment, env, args.runs)),
-            (f"same, `--precision float32` (ONNX Runtime), cold export cache",
-             wall_seconds([*segment, "--precision", "float32"], env, args.runs, empty_cache)),
-            (f"same, `--precision float32` (ONNX Runtime), warm export cache",
-             wall_seconds([*segment, "--precision", "float32"], env, args.runs)),
+            (f"`unetseg segment`, one {args.size} px plane, defaults, cold cache",
+             wall_seconds(segment, env, args.runs, empty_cache)),
+            ("same, warm cache", wall_seconds(segment, env, args.runs)),
+            ("same with `--precision float32` (ONNX Runtime), cold cache", wall_seconds(onnx, env, args.runs, empty_cache)),
+            ("same, warm cache", wall_seconds(onnx, env, args.runs)),
         ]
-    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-          f"median of {args.runs} runs")
+    print(f"# {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+          f"median of {args.runs} runs, load average {os.getloadavg()[0]:.1f} at the end")
     print("| command | wall time |\n| --- | ---: |")
     for name, seconds in rows:
         print(f"| {name} | {seconds:.2f} s |")

@@ -63,10 +63,11 @@ def disc_image(labels: np.ndarray) -> np.ndarray:
 
 
 @pytest.fixture(autouse=True)
-def private_cache(tmp_path_factory, monkeypatch) -> Path:
-    """Exported ONNX models go to a folder of the test session, never the user's cache."""
+def private_cache(tmp_path, monkeypatch) -> Path:
+    """Exported ONNX models and probe verdicts go to a folder of the test, never the user's cache
+    (nor another test's: each test starts cold)."""
     from napari_unetseg.optimize import CACHE_ENV
 
-    folder = tmp_path_factory.getbasetemp() / "cache"
+    folder = tmp_path / "cache"
     monkeypatch.setenv(CACHE_ENV, str(folder))
     return folder

@@ -414,6 +414,20 @@ def test_deleting_a_layer_while_segmenting_stops_with_a_message(qtbot, viewer_wi
     assert [layer.name for layer in viewer.layers] == ["long labels (tiny-instance)", "again"]  # results are kept
 
 
+def test_painting_in_the_result_while_it_is_segmented_stops_and_keeps_the_strokes(qtbot, viewer_widget, notes):
+    viewer, widget = viewer_widget
+    viewer.add_image(np.random.default_rng(0).normal(100, 20, (40, 64, 64)).astype(np.float32), name="long")
+    widget.segment.batch_size.value = 1
+    widget.segment.run()
+    result = viewer.layers["long labels (tiny-instance)"]
+    result.paint((0, 5, 5), 9)  # the user starts correcting before the job is done
+    painted = result.data.copy()
+    wait_idle(qtbot, widget)
+    assert any(kind == "warning" and "You painted in 'long labels (tiny-instance)'" in m for kind, m in notes)
+    np.testing.assert_array_equal(result.data, painted)
+    assert text(widget.segment.status).startswith("Cancelled after")
+
+
 def test_a_checkpoint_that_stops_loading_is_reported(qtbot, viewer_widget, notes, tmp_path):
     viewer, widget = viewer_widget
     viewer.add_image(np.ones((40, 40), np.float32), name="img")

@@ -118,27 +118,52 @@ def cache_dir() -> Path:
     return Path(user_cache_dir("napari-unetseg", appauthor=False))
 
 
-def onnx_cache_key(model: UNet) -> str:
-    """sha256 of everything that shapes the exported graph: the weights, the architecture, the exporter.
+def network_sha256(model: UNet) -> str:
+    """sha256 of what the network computes: its class, architecture and weights (not a file's metadata).
 
     Hashing the weights rather than a checkpoint file also covers models that were never saved
-    (a fine-tuned network in the viewer) and leaves out metadata that does not change the graph.
+    (a fine-tuned network in the viewer).
     """
     digest = hashlib.sha256()
-    setup = {
-        "network": f"{type(model).__module__}.{type(model).__qualname__}",
-        "config": model.config,
-        "torch": torch.__version__,
-        "onnx": importlib.metadata.version("onnx"),
-        "opset": ONNX_OPSET,
-        "inputs": "x: (batch, channels, height, width), dynamic batch/height/width; BatchNorm folded",
-    }
+    setup = {"network": f"{type(model).__module__}.{type(model).__qualname__}", "config": model.config}
     digest.update(json.dumps(setup, sort_keys=True, default=str).encode())
     for name, tensor in model.state_dict().items():
         values = tensor.detach().cpu().contiguous()
         digest.update(f"{name} {values.dtype} {tuple(values.shape)}".encode())
         digest.update(values.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def cache_key(model: UNet, **setup: object) -> str:
+    """sha256 of the network (:func:`network_sha256`) and of ``setup``, what else shapes a cached result."""
+    text = json.dumps({"network": network_sha256(model), "torch": torch.__version__, **setup}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def onnx_cache_key(model: UNet) -> str:
+    """The name of ``model``'s exported graph in the cache: the network and everything the exporter adds."""
+    return cache_key(
+        model, onnx=importlib.metadata.version("onnx"), opset=ONNX_OPSET,
+        inputs="x: (batch, channels, height, width), dynamic batch/height/width; BatchNorm folded",
+    )
+
+
+def read_cache(path: Path) -> bytes | None:
+    """A cached file's bytes, or None when it is not there (or cannot be read)."""
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
+def write_cache(path: Path, data: bytes) -> None:
+    """Store ``data`` atomically (parallel runs never read half a file); a cache that cannot be written is skipped."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(path, overwrite=True) as handle:
+            handle.write(data)
+    except OSError:
+        pass
 
 
 def export_onnx(model: UNet) -> bytes:
@@ -162,18 +187,10 @@ def exported_onnx(model: UNet, refresh: bool = False) -> bytes:
     ``refresh`` exports again and replaces the cached file (e.g. one that failed to load).
     """
     path = cache_dir() / "onnx" / f"{onnx_cache_key(model)}.onnx"
-    if not refresh:
-        try:
-            return path.read_bytes()
-        except OSError:
-            pass
-    graph = export_onnx(model)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(path, overwrite=True) as handle:
-            handle.write(graph)
-    except OSError:
-        pass
+    graph = None if refresh else read_cache(path)
+    if graph is None:
+        graph = export_onnx(model)
+        write_cache(path, graph)
     return graph
 
 
