@@ -40,7 +40,7 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
 
     # a new user: no model remembered from an earlier session (and this run remembers nothing of yours)
-    os.environ["NAPARI_UNETSEG_CONFIG_DIR"] = tempfile.mkdtemp(prefix="unetseg-first-launch-")
+    os.environ["NAPARI_CONFIG"] = str(Path(tempfile.mkdtemp(prefix="unetseg-first-launch-")) / "settings.yaml")
     from napari_unetseg._widget._launch import open_viewer
     from napari_unetseg._widget._main import UNetSegWidget
 

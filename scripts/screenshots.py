@@ -51,7 +51,7 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="unetseg-shots-"))
     os.environ["NAPARI_UNETSEG_MODELS_DIR"] = str(work / "versions")
-    os.environ["NAPARI_UNETSEG_CONFIG_DIR"] = str(work / "config")  # the model last used stays the user's
+    os.environ["NAPARI_CONFIG"] = str(work / "napari" / "settings.yaml")  # leaves the user's settings alone
 
     import napari
 

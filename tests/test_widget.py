@@ -59,10 +59,14 @@ def notes(monkeypatch) -> list[tuple[str, str]]:
 
 @pytest.fixture(autouse=True)
 def private_settings(tmp_path, monkeypatch) -> Path:
-    """The model last used is remembered in a folder of the test, never the user's settings."""
-    folder = tmp_path / "config"
-    monkeypatch.setenv(_models.SETTINGS_ENV, str(folder))
-    return folder
+    """napari's plugin settings (the model last used) start fresh in a folder of the test, never the
+    user's (as napari's own ``plugin_settings`` fixture does, without blocking plugin discovery)."""
+    from napari import settings as napari_settings
+
+    napari_settings._clear_plugin_settings_cache()
+    monkeypatch.setattr(napari_settings, "_CFG_PATH", str(tmp_path / "napari" / "settings.yaml"))
+    yield tmp_path / "napari"
+    napari_settings._clear_plugin_settings_cache()
 
 
 @pytest.fixture
@@ -641,6 +645,9 @@ def test_first_segment_on_the_sample_uses_nuclei_and_finds_the_nuclei(qtbot):
         labels = viewer.layers["nuclei 2D labels (nuclei)"].data
         assert object_matching(labels, sample_image_2d()[1])["f1"] > 0.8
         assert _models.last_used_model() == "nuclei"
+        from napari.settings import get_plugin_settings
+
+        assert "last_model: nuclei" in get_plugin_settings("napari-unetseg").config_path.read_text()
     finally:
         viewer.close()
 
@@ -666,9 +673,9 @@ def em_like_section() -> np.ndarray:
 def test_the_model_preselected_is_the_last_used_one_that_fits_the_image(
     make_napari_viewer_proxy, remembered, image, expected
 ):
+    viewer = make_napari_viewer_proxy()  # napari discovers the plugin and its settings
     if remembered is not None:
         _models.remember_model(remembered)
-    viewer = make_napari_viewer_proxy()
     if image is not None:
         viewer.add_image(nuclei_2d()[0][0] if image == "fluorescence" else em_like_section(), name="img")
     widget = UNetSegWidget(viewer)

@@ -1,63 +1,51 @@
 """The model picker: built-in models, the user's fine-tuned versions and checkpoint files loaded by hand.
 
-It opens on the model used last (remembered in a small JSON file, :func:`settings_path`), else the
-default ``nuclei``, passing over a model made for another kind of image than the one chosen.
+It opens on the model used last (remembered in napari's plugin settings), else the default
+``nuclei``, passing over a model made for another kind of image than the one chosen.
 """
 
 from __future__ import annotations
 
 import copy
-import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from magicgui.application import use_app
 from magicgui.widgets import ComboBox, Container, PushButton
 
 from .. import versions
-from ..atomic import atomic_write
 from ..checkpoint import Checkpoint, CheckpointError, ModelInfo, load_checkpoint
 from ..imaging import model_imaging
 from ..models import builtin_names, resolve_model
 from ..options import DEFAULT_MODEL
 from ._layers import Note, notify
 
-#: Overrides the folder of the widget's settings file (tests).
-SETTINGS_ENV = "NAPARI_UNETSEG_CONFIG_DIR"
+PLUGIN = "napari-unetseg"
 
 
-def settings_path() -> Path:
-    """``widget.json`` in ``$NAPARI_UNETSEG_CONFIG_DIR``, else the user config folder (~/.config/napari-unetseg).
+def _panel_settings() -> Any:
+    """The panel's napari plugin settings (``configurations.panel`` in napari.yaml, saved by napari in its
+    config folder as ``napari-unetseg.yaml``); None where napari does not know the plugin's settings."""
+    from napari.settings import get_plugin_settings
 
-    napari 0.9 offers plugins no settings store of their own, so the widget keeps its one setting
-    (the model used last) here.
-    """
-    if os.environ.get(SETTINGS_ENV):
-        return Path(os.environ[SETTINGS_ENV]) / "widget.json"
-    from platformdirs import user_config_dir
-
-    return Path(user_config_dir("napari-unetseg", appauthor=False)) / "widget.json"
+    try:
+        return get_plugin_settings(PLUGIN).panel
+    except KeyError:  # the plugin manager has not discovered this plugin (a bare script)
+        return None
 
 
 def last_used_model() -> str | None:
-    """The key (built-in name or file path) of the model last used to segment; None if none or unreadable."""
-    try:
-        value = json.loads(settings_path().read_text()).get("last_model")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return value if isinstance(value, str) else None
+    """The key (built-in name or file path) of the model last used to segment; None if none."""
+    settings = _panel_settings()
+    return (settings.last_model or None) if settings is not None else None
 
 
 def remember_model(key: str) -> None:
-    """Keep ``key`` as the model to open with next time (atomically; a settings folder that cannot be written is skipped)."""
-    path = settings_path()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(path, overwrite=True) as handle:
-            handle.write(json.dumps({"last_model": key}).encode())
-    except OSError:
-        pass
+    """Keep ``key`` as the model the panel opens on next time (napari saves its settings file)."""
+    settings = _panel_settings()
+    if settings is not None and settings.last_model != key:
+        settings.last_model = key
 
 
 @dataclass(frozen=True)
