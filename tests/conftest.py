@@ -63,11 +63,11 @@ def disc_image(labels: np.ndarray) -> np.ndarray:
 
 
 @pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch) -> Path:
-    """Exported ONNX models and probe verdicts go to a folder of the test, never the user's cache
-    (nor another test's: each test starts cold)."""
+def private_cache(tmp_path_factory, monkeypatch) -> Path:
+    """Exported ONNX models and probe verdicts go to a new folder for each test, never the user's cache
+    (nor another test's: each test starts cold), and not into the test's ``tmp_path``."""
     from napari_unetseg.optimize import CACHE_ENV
 
-    folder = tmp_path / "cache"
+    folder = tmp_path_factory.mktemp("cache")
     monkeypatch.setenv(CACHE_ENV, str(folder))
     return folder
