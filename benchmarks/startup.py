@@ -69,7 +69,8 @@ def main() -> None:
             (f"`unetseg segment`, one {args.size} px plane, defaults, cold cache",
              wall_seconds(segment, env, args.runs, empty_cache)),
             ("same, warm cache", wall_seconds(segment, env, args.runs)),
-            ("same with `--precision float32` (ONNX Runtime), cold cache", wall_seconds(onnx, env, args.runs, empty_cache)),
+            ("same with `--precision float32` (ONNX Runtime), cold cache",
+             wall_seconds(onnx, env, args.runs, empty_cache)),
             ("same, warm cache", wall_seconds(onnx, env, args.runs)),
         ]
     print(f"# {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "

@@ -226,7 +226,8 @@ def test_each_model_keeps_its_result_and_a_painted_result_is_never_rewritten(
     widget.models.add_file(tiny_semantic_checkpoint)  # another model: a layer of its own
     widget.segment.run()
     wait_idle(qtbot, widget)
-    assert [layer.name for layer in viewer.layers] == ["cells", "cells labels (tiny-instance)", "cells labels (tiny-semantic)"]
+    names = ["cells", "cells labels (tiny-instance)", "cells labels (tiny-semantic)"]
+    assert [layer.name for layer in viewer.layers] == names
     np.testing.assert_array_equal(first.data, kept)
 
     widget.models.select(widget.models.find("tiny-instance").key)  # the same model again: its layer is reused

@@ -506,7 +506,8 @@ def _training_summary(result: Any, args: argparse.Namespace) -> str:
     """How the training ended and which weights were written, in plain words."""
     done = result.history[-1].iteration if result.history else 0
     if args.max_seconds is not None and done < args.iterations and not result.stopped:
-        ended = f"the {_format_seconds(args.max_seconds)} time budget ended after {done} of {args.iterations} iterations"
+        budget = _format_seconds(args.max_seconds)
+        ended = f"the {budget} time budget ended after {done} of {args.iterations} iterations"
     else:
         ended = f"{done} iteration{'s' * (done != 1)}"
     if result.best_iteration == 0:

@@ -170,8 +170,10 @@ class OwnedLayers:
         """Whether the user has painted in this layer (then it is theirs: never written again)."""
         return layer.unique_id in self._edited
 
-    def labels(self, source: ImageSource, dtype: np.dtype, clear: bool, model: str | None = None) -> napari.layers.Labels:
-        """The labels layer to write a result of ``model`` on ``source`` into, made (or reshaped) to fit; zeroed if ``clear``.
+    def labels(
+        self, source: ImageSource, dtype: np.dtype, clear: bool, model: str | None = None
+    ) -> napari.layers.Labels:
+        """The layer for a result of ``model`` on ``source``, made (or reshaped) to fit; zeroed if ``clear``.
 
         Each model has its own ``"<image> labels (<model>)"`` layer, so segmenting with another model
         keeps the earlier results; running a model again reuses its layer unless the user painted in

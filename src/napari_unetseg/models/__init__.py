@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoint import Checkpoint, CheckpointError, load_checkpoint
-from ..options import DEFAULT_MODEL
+from ..options import DEFAULT_MODEL  # noqa: F401  (its home was here: re-exported)
 
 BUILTIN_DIR = Path(__file__).parent
 
