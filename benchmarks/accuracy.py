@@ -1,6 +1,9 @@
 """Accuracy of the built-in models on data, as quoted in docs/models.md.
 
-    python benchmarks/accuracy.py            # needs ../shared/data (ISBI 2012, cells3d nuclei)
+    python benchmarks/accuracy.py            # needs the team data: ../shared/data (ISBI 2012, cells3d nuclei)
+    python benchmarks/accuracy.py --skip em  # only the nuclei part (cells3d nuclei)
+
+Without the data it stops with one line saying which file is missing (see ``recipes/team_data.py``).
 
 * ``em-membranes`` on the ISBI 2012 test slices 25-29: pixel error and adapted Rand error with the
   shipped decision rule and with the plain arg-max.
@@ -24,13 +27,16 @@ import tifffile
 from napari_unetseg.inference import resolve_checkpoint, segment
 from napari_unetseg.metrics import evaluate, object_matching
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+from team_data import CELLS3D, ISBI2012, require  # noqa: E402
+
+EM_FILES = (ISBI2012 / "train-volume.tif", ISBI2012 / "train-labels.tif")
+NUCLEI_FILES = (CELLS3D / "nuclei.tif", CELLS3D / "nuclei_label.tif")
 
 
 def em_scores(precision: str) -> dict:
-    volume = tifffile.imread(SHARED / "isbi2012" / "train-volume.tif")[25:30]
-    truth = tifffile.imread(SHARED / "isbi2012" / "train-labels.tif")[25:30]
+    volume = tifffile.imread(EM_FILES[0])[25:30]
+    truth = tifffile.imread(EM_FILES[1])[25:30]
     shipped = resolve_checkpoint("em-membranes")
     argmax = replace(shipped, info=replace(shipped.info, decision_weights=None))
     rows = {}
@@ -45,8 +51,8 @@ def em_scores(precision: str) -> dict:
 def nuclei_scores(precision: str) -> dict:
     from train_nuclei import synthetic_set
 
-    image = tifffile.imread(SHARED / "cells3d-nuclei" / "nuclei.tif")
-    truth = tifffile.imread(SHARED / "cells3d-nuclei" / "nuclei_label.tif")
+    image = tifffile.imread(NUCLEI_FILES[0])
+    truth = tifffile.imread(NUCLEI_FILES[1])
     labels = segment(image, "nuclei", device="cpu", precision=precision)
 
     def f1(planes: slice) -> float:
@@ -72,6 +78,10 @@ def main() -> None:
     parser.add_argument("--skip", nargs="*", default=[], choices=["em", "nuclei"])
     parser.add_argument("--precision", default="auto", help="auto (what users get), float32 (as the recipes score)")
     args = parser.parse_args()
+    if "em" not in args.skip:
+        require("benchmarks/accuracy.py", *EM_FILES, skip_hint="--skip em leaves the EM part out")
+    if "nuclei" not in args.skip:
+        require("benchmarks/accuracy.py", *NUCLEI_FILES, skip_hint="--skip nuclei leaves the nuclei part out")
     result = {}
     if "em" not in args.skip:
         result["em-membranes, ISBI slices 25-29"] = em_scores(args.precision)

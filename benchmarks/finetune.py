@@ -1,6 +1,6 @@
 """Fine-tuning from a few strokes: the built-in ``nuclei`` model taught EM membranes in 120 s on the CPU.
 
-    python benchmarks/finetune.py                 # needs ../shared/data/isbi2012
+    python benchmarks/finetune.py                 # needs the team data: ../shared/data/isbi2012
     python benchmarks/finetune.py --seconds 60 --init path/to/model.pt
 
 Sparse strokes (a few hundred painted pixels per slice, not dense masks: short lines along
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,10 @@ from napari_unetseg.metrics import evaluate
 from napari_unetseg.models import resolve_model
 from napari_unetseg.training import TrainConfig, Trainer
 
-ISBI = Path(__file__).resolve().parents[2] / "shared" / "data" / "isbi2012"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+from team_data import ISBI2012, require  # noqa: E402
+
+FILES = (ISBI2012 / "train-volume.tif", ISBI2012 / "train-labels.tif")
 STROKE_SLICES = slice(0, 5)
 TEST_SLICES = slice(25, 30)
 
@@ -98,10 +102,11 @@ def main() -> None:
                         help="seconds between kept snapshots, scored after training for the time to a better result")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    require("benchmarks/finetune.py", *FILES)
     torch.manual_seed(args.seed)
 
-    volume = tifffile.imread(ISBI / "train-volume.tif")
-    truth = tifffile.imread(ISBI / "train-labels.tif")
+    volume = tifffile.imread(FILES[0])
+    truth = tifffile.imread(FILES[1])
     rng = np.random.default_rng(args.seed)
     strokes = np.stack([sample_strokes(t, rng) for t in truth[STROKE_SLICES]])
     painted = int((strokes > 0).sum())

@@ -16,18 +16,18 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 import tifffile
 
 from common import log_progress, recipe_arguments, save_builtin
+from team_data import ISBI2012, require
 from napari_unetseg.checkpoint import Checkpoint
 from napari_unetseg.inference import PlanePredictor, segment
 from napari_unetseg.metrics import evaluate
 from napari_unetseg.training import TrainConfig, Trainer, TrainResult
 
-ISBI = Path(__file__).resolve().parents[2] / "shared" / "data" / "isbi2012"
+FILES = (ISBI2012 / "train-volume.tif", ISBI2012 / "train-labels.tif")
 TRAIN = slice(0, 25)
 TEST = slice(25, 30)
 THRESHOLDS = np.round(np.arange(0.30, 0.901, 0.05), 2)
@@ -94,9 +94,10 @@ def finish(
 
 def main() -> None:
     args = recipe_arguments(__doc__.split("\n\n")[0], "em-membranes", iterations=6000)
+    require("recipes/train_em_membranes.py", *FILES)
     started = time.time()
-    volume = tifffile.imread(ISBI / "train-volume.tif")
-    truth = tifffile.imread(ISBI / "train-labels.tif")
+    volume = tifffile.imread(FILES[0])
+    truth = tifffile.imread(FILES[1])
     annotation = np.where(truth[TRAIN] > 0, 2, 1).astype(np.uint8)  # 0 = membrane -> 1, 255 = cell -> 2
     config = TrainConfig(
         mode="semantic", class_names=["membrane", "cell"], iterations=args.iterations, patch_size=192,

@@ -10,18 +10,17 @@ present, on the real cells3d nuclei stack (a development check only: its labels 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 import tifffile
 
 from common import log_progress, recipe_arguments, save_builtin
+from team_data import CELLS3D
 from napari_unetseg.inference import segment
 from napari_unetseg.metrics import object_matching
 from napari_unetseg.synthetic import synthetic_nuclei_2d, synthetic_nuclei_3d
 from napari_unetseg.training import TrainConfig, train
 
-CELLS3D = Path(__file__).resolve().parents[2] / "shared" / "data" / "cells3d-nuclei"
 
 
 def synthetic_set(count: int, seed: int, size: int = 256) -> tuple[np.ndarray, np.ndarray]:

@@ -1,8 +1,8 @@
 """Screenshots of the plugin at work, for docs/plugin.md: segment, correct, fine-tune, uncertainty.
 
-Run under a display (headless: ``xvfb-run -a python scripts/screenshots.py``). Uses the built-in
-``nuclei`` model when installed, else first trains a small starter model on a synthetic image
-(about a minute on a CPU). Saved versions go to a temporary folder, not your model folder.
+Run under a display (headless: ``xvfb-run -a python scripts/screenshots.py``; about five minutes on
+two CPU cores). Starts from the built-in ``nuclei`` model (or ``--model FILE``). Saved versions go to
+a temporary folder, not your model folder. ``scripts/first_launch.py`` takes the first-launch pictures.
 """
 
 from __future__ import annotations
@@ -42,47 +42,21 @@ def settle(seconds: float = 0.5) -> None:
     wait_until(lambda: time.monotonic() > end)
 
 
-def starter_model(folder: Path, iterations: int) -> Path:
-    """A small instance model trained briefly on synthetic images (not the samples): imperfect on purpose."""
-    from napari_unetseg.checkpoint import save_checkpoint
-    from napari_unetseg.synthetic import synthetic_nuclei_2d, synthetic_nuclei_3d
-    from napari_unetseg.training import train
-
-    style = {"radius": 10.0, "coverage": 0.3, "photons": 400.0, "blur": 1.0}
-    image, labels = synthetic_nuclei_2d((192, 192), seed=11, **style)
-    stack, stack_labels = synthetic_nuclei_3d((8, 128, 128), seed=12, z_spacing=2.0, **style)
-    pairs = [(image, labels), (stack, stack_labels)]
-    annotations = [np.where(lab > 0, lab + 1, 1).astype(np.uint32) for _, lab in pairs]
-    print(f"training a starter model for {iterations} iterations (no built-in 'nuclei' model installed)…", flush=True)
-    result = train(
-        [img for img, _ in pairs],
-        annotations,
-        None,
-        base_channels=8,
-        depth=3,
-        iterations=iterations,
-        patch_size=96,
-        name="starter",
-    )
-    return save_checkpoint(folder / "starter.pt", result.model, result.info)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "images", help="folder for the PNG files")
     parser.add_argument("--iterations", type=int, default=80, help="fine-tuning iterations")
-    parser.add_argument("--starter-iterations", type=int, default=300, help="training of the stand-in model")
     parser.add_argument("--model", type=Path, help="a checkpoint to start from instead of the built-in model")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="unetseg-shots-"))
     os.environ["NAPARI_UNETSEG_MODELS_DIR"] = str(work / "versions")
+    os.environ["NAPARI_CONFIG"] = str(work / "napari" / "settings.yaml")  # leaves the user's settings alone
 
     import napari
 
     from napari_unetseg._sample_data import nuclei_2d, nuclei_3d
     from napari_unetseg._widget._main import UNetSegWidget
-    from napari_unetseg.models import builtin_names
     from napari_unetseg.synthetic import sample_image_2d
 
     viewer = napari.Viewer(title="napari-unetseg")
@@ -91,10 +65,8 @@ def main() -> int:
     viewer.window.add_dock_widget(widget, name="U-Net Segmentation", area="right")
     if args.model is not None:
         widget.models.add_file(args.model)
-    elif "nuclei" in builtin_names():
-        widget.models.select("nuclei")
     else:
-        widget.models.add_file(starter_model(work, args.starter_iterations))
+        widget.models.select("nuclei")
 
     def shot(name: str, paused: bool = False) -> None:
         """Save a screenshot; ``paused``: hold the running job meanwhile (a mid-run picture)."""
@@ -116,6 +88,7 @@ def main() -> int:
     shot("01-widget.png")
     widget.segment.run()
     wait_until(lambda: not widget.busy())
+    result = viewer.layers[f"nuclei 2D labels ({widget.models.current().name})"]
     shot("02-segmented-2d.png")
 
     # 2. Correct the result: start from it, then paint over a few mistakes with the true objects.
@@ -126,11 +99,11 @@ def main() -> int:
     for true_id in wrong:
         annotation.data[truth == true_id] = annotation.data.max() + 1
     annotation.refresh()
-    viewer.layers["nuclei 2D labels"].visible = False
+    result.visible = False
     shot("03-annotations.png")
 
     # 3. Fine-tune with live loss, validation score and preview.
-    viewer.layers["nuclei 2D labels"].visible = True
+    result.visible = True
     annotation.visible = False  # watch the live preview in the labels layer
     widget.finetune.iterations.value = args.iterations
     widget.finetune.fine_tune()
@@ -140,7 +113,7 @@ def main() -> int:
     shot("05-fine-tuned.png")
 
     # 4. Where to annotate next.
-    viewer.layers["nuclei 2D labels"].visible = False
+    result.visible = False
     widget.finetune.where_to_annotate()
     wait_until(lambda: not widget.busy())
     shot("06-uncertainty.png")

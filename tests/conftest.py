@@ -68,3 +68,14 @@ class ThresholdNet(UNet):
 def disc_image(labels: np.ndarray) -> np.ndarray:
     """A uint16 fluorescence-like image of ``labels``: bright objects on a dark background."""
     return np.where(labels > 0, 1000, 100).astype(np.uint16)
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory, monkeypatch) -> Path:
+    """Exported ONNX models and probe verdicts go to a new folder for each test, never the user's cache
+    (nor another test's: each test starts cold), and not into the test's ``tmp_path``."""
+    from napari_unetseg.optimize import CACHE_ENV
+
+    folder = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv(CACHE_ENV, str(folder))
+    return folder

@@ -31,9 +31,35 @@ def test_models_command_lists_modes_classes_and_metrics(capsys):
     assert rows["em-membranes"]["classes"] == ["membrane", "cell"]
     assert "pixel_error" in rows["em-membranes"]["metrics"]
     assert rows["nuclei"]["metrics"] and rows["nuclei"]["training_data"]
+    assert [name for name, row in rows.items() if row["default"]] == ["nuclei"]
     assert main(["models"]) == 0
-    assert "nuclei  (instance" in capsys.readouterr().out
+    table = capsys.readouterr().out
+    assert "nuclei [default]  (instance" in table and "em-membranes  (semantic" in table
     assert len(list_models()) == 2
+
+
+def test_every_model_in_the_help_examples_exists(capsys):
+    """The examples name built-in models by name; a file in an example is not a built-in name plus .pt."""
+    from napari_unetseg.cli import build_parser
+
+    assert main(["segment", "--help"]) == 0
+    examples = [line.split("#")[0].split() for line in capsys.readouterr().out.splitlines()
+                if line.strip().startswith("unetseg segment")]
+    assert len(examples) >= 5
+    named = []
+    for words in examples:
+        args = build_parser().parse_args(words[1:])
+        named.append(args.model)
+        assert args.model in builtin_names() or (args.model.endswith(".pt") and args.model[:-3] not in builtin_names())
+    assert "nuclei" in named and "em-membranes" in named
+
+
+def test_a_builtin_name_with_a_suffix_says_the_right_name(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    tifffile.imwrite("cells.tif", sample_image_2d()[0])
+    assert main(["segment", "cells.tif", "-o", "out.tif", "--model", "nuclei.pt"]) == 2
+    assert "the built-in model is named 'nuclei'" in capsys.readouterr().err
+    assert not (tmp_path / "out.tif").exists()
 
 
 def test_resolving_a_builtin_gives_an_independent_copy():

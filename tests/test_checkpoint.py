@@ -3,11 +3,14 @@
 import os
 import pickle
 from dataclasses import asdict
+import stat
 
+import numpy as np
 import pytest
 import torch
 
 from napari_unetseg.checkpoint import CheckpointError, ModelInfo, load_checkpoint, save_checkpoint
+from napari_unetseg.io import write_labels
 
 from conftest import tiny_unet, write_raw_checkpoint
 
@@ -105,3 +108,17 @@ def test_class_count_must_match_the_mode(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(CheckpointError, match="nope.pt: no such"):
         load_checkpoint(tmp_path / "nope.pt")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_saved_checkpoints_follow_the_umask_like_other_outputs(tmp_path, umask):
+    """A model saved to a shared folder is readable by colleagues when the umask lets other files be."""
+    previous = os.umask(umask)
+    try:
+        path = save_checkpoint(tmp_path / "shared.pt", tiny_unet(), ModelInfo(mode="instance"))
+        labels = write_labels(tmp_path / "labels.tif", np.zeros((8, 8), np.uint32))
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+    assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE(labels.stat().st_mode)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file left

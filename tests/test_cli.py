@@ -13,7 +13,7 @@ import pytest
 import tifffile
 import torch
 
-from napari_unetseg import __version__, cli
+from napari_unetseg import __version__, cli, inference
 from napari_unetseg.cli import ProgressBar, main
 from napari_unetseg.io import read_image, write_labels
 
@@ -129,6 +129,7 @@ def test_all_outputs_are_checked_before_the_first_input(images, tiny_instance_ch
     [
         (["--device", "tpu"], "unknown device"),
         (["--axes", "ZYX"], "a.tif"),
+        (["--axes", "QYX"], "a.tif: axes 'QYX': 'Q' is not an axis letter; use T, Z, C, Y, X"),
     ],
 )
 def test_bad_options_are_one_line_errors(images, tiny_instance_checkpoint, tmp_path, capsys, extra, expected):
@@ -149,7 +150,7 @@ def test_ctrl_c_exits_130_without_output(images, tiny_instance_checkpoint, tmp_p
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "segment", interrupted)
+    monkeypatch.setattr(inference, "segment", interrupted)  # the command imports it when it runs
     out = tmp_path / "out.tif"
     assert main(["segment", str(images["a"]), "-o", str(out), "-m", str(tiny_instance_checkpoint)]) == 130
     assert capsys.readouterr().err.strip().endswith("unetseg: interrupted")
@@ -200,6 +201,22 @@ def test_progress_bar_redraws_only_on_a_terminal():
     assert "\r" not in log.getvalue() and log.getvalue().count("\n") == 1
     assert "x.tif [" in log.getvalue() and "4/4 planes" in log.getvalue()
     assert terminal.getvalue().startswith("\rx.tif [") and terminal.getvalue().endswith("\n")
+
+
+def test_progress_with_a_time_budget_follows_the_clock(monkeypatch):
+    """``train --max-seconds 15``: 3 of 300 iterations after 10 s is two thirds done, 5 s left."""
+    now = [100.0]
+    monkeypatch.setattr(cli.time, "monotonic", lambda: now[0])
+    log = stdio.StringIO()
+    bar = ProgressBar("train", log, unit="iterations", budget=15)
+    now[0] += 10
+    bar(3, 300)
+    assert f"[{'#' * 16}{' ' * 8}] 3/300 iterations 10s of 15s" in bar.line
+    assert bar.line.endswith("ETA 5s")
+    unbounded = ProgressBar("train", log, unit="iterations")
+    now[0] += 10
+    unbounded(3, 300)
+    assert unbounded.line.endswith("ETA 16m30s") and "of" not in unbounded.line
 
 
 def test_console_script_runs():

@@ -104,3 +104,23 @@ def test_a_fine_tune_that_does_not_improve_says_so_in_plain_words(tmp_path, tiny
     assert "did not improve on your held-out annotations" in err and "tiny kept as it was" in err
     kept = load_checkpoint(out)
     assert kept.info.training["metrics"]["verdict"] == "worse" and kept.info.training["best_iteration"] == 0
+
+
+def test_a_time_budget_that_ends_first_is_said_with_what_was_kept(pair, tiny_instance_checkpoint, tmp_path, capsys):
+    out = tmp_path / "tuned.pt"
+    code = main(["train", *map(str, pair), "-o", str(out), "--init", str(tiny_instance_checkpoint),
+                 "--iterations", "100000", "--max-seconds", "1", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"wrote {out}: the 1s time budget ended after ") and " of 100000 iterations; " in last
+    kept = load_checkpoint(out).info.training["best_iteration"]
+    assert (f"(weights of iteration {kept} of " in last if kept else "tiny kept as it was" in last)
+    assert "of 1s" in err  # the bar counted the time
+
+
+def test_a_finished_run_says_how_many_iterations_and_which_were_kept(pair, tmp_path, capsys):
+    out = tmp_path / "new.pt"
+    assert main(["train", *map(str, pair), "-o", str(out), "--iterations", "2", "--device", "cpu"]) == 0
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"wrote {out}: trained 2 iterations, kept the weights of iteration ")

@@ -46,8 +46,12 @@ def test_axes_inference_and_checks():
     assert parse_axes((10, 10, 3)).axes == "YXC"
     with pytest.raises(ValueError, match="name 2 axes"):
         parse_axes((4, 10, 10), "YX")
+    with pytest.raises(ValueError, match="'Q' is not an axis letter; use T, Z, C, Y, X"):
+        parse_axes((10, 10), "QYX")  # the letter first, not the count
+    with pytest.raises(ValueError, match="'Q', 'W' are not axis letters"):
+        parse_axes((4, 10, 10), "QWYX")
     with pytest.raises(ValueError, match="include Y and X"):
-        parse_axes((4, 10, 10), "ZYQ")
+        parse_axes((4, 10, 10), "ZYZ")
     with pytest.raises(ValueError, match="at least 2"):
         parse_axes((10,))
     with pytest.raises(ValueError, match="cannot infer"):
@@ -193,7 +197,7 @@ def test_auto_precision_takes_bfloat16_only_where_the_probe_agrees(monkeypatch):
     verdicts = iter([True, False])
     monkeypatch.setattr(inference, "cpu_supports_bf16", lambda: True)
     monkeypatch.setattr(inference, "bfloat16_agrees", lambda checkpoint: next(verdicts))
-    agreeing, disagreeing = _checkpoint(), _checkpoint()
+    agreeing, disagreeing = _checkpoint(seed=1), _checkpoint(seed=2)
     assert inference.resolve_precision(agreeing, cpu) == "bfloat16"
     assert inference.resolve_precision(disagreeing, cpu) == "float32"
     assert inference.resolve_precision(agreeing, cpu) == "bfloat16"  # remembered: the probe ran once
@@ -203,9 +207,28 @@ def test_auto_precision_takes_bfloat16_only_where_the_probe_agrees(monkeypatch):
         raise RuntimeError("out of memory")
 
     monkeypatch.setattr(inference, "bfloat16_agrees", broken_probe)
-    assert inference.resolve_precision(_checkpoint(), cpu) == "float32"
+    assert inference.resolve_precision(_checkpoint(seed=3), cpu) == "float32"
     monkeypatch.setattr(inference, "cpu_supports_bf16", lambda: False)
     assert inference.resolve_precision(_checkpoint(), cpu) == "auto"  # left to optimize: float32 on a CPU
+
+
+def test_the_probe_verdict_is_kept_on_disk_for_the_next_run(monkeypatch, private_cache):
+    import torch
+
+    from napari_unetseg import inference
+
+    cpu = torch.device("cpu")
+    probes = []
+    monkeypatch.setattr(inference, "cpu_supports_bf16", lambda: True)
+    monkeypatch.setattr(inference, "bfloat16_agrees", lambda checkpoint: probes.append(1) or True)
+    assert inference.resolve_precision(_checkpoint(seed=4), cpu) == "bfloat16"
+    inference._BFLOAT16_VERDICTS.clear()  # what a new process starts with
+    assert inference.resolve_precision(_checkpoint(seed=4), cpu) == "bfloat16" and len(probes) == 1
+    for path in (private_cache / "precision").iterdir():
+        path.write_text("{damaged")
+    inference._BFLOAT16_VERDICTS.clear()
+    assert inference.resolve_precision(_checkpoint(seed=4), cpu) == "bfloat16" and len(probes) == 2
+    assert inference.resolve_precision(_checkpoint(seed=5), cpu) == "bfloat16" and len(probes) == 3  # other weights
 
 
 def test_bfloat16_probe_compares_labels_of_both_precisions():

@@ -1,16 +1,21 @@
 """Inference speed-ups keep the network's answers."""
 
+import copy
+
 import pytest
 import torch
 
+from napari_unetseg import optimize
 from napari_unetseg.model import UNet
 from napari_unetseg.optimize import (
+    CACHE_ENV,
     FastModel,
     OnnxModel,
     choose_precision,
     cpu_supports_bf16,
     fold_batchnorm,
     make_fast_model,
+    onnx_cache_key,
     onnxruntime_available,
 )
 
@@ -75,3 +80,43 @@ def test_onnxruntime_backend_matches_pytorch_float32():
     assert isinstance(make_fast_model(model, cpu, "bfloat16", "auto"), FastModel)
     with pytest.raises(ValueError, match="float32 on the CPU"):
         make_fast_model(model, cpu, "bfloat16", "onnxruntime")
+
+
+def test_onnx_export_is_cached_by_the_weights_and_written_atomically(tmp_path, monkeypatch):
+    if not onnxruntime_available():
+        pytest.skip("onnxruntime is not installed")
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    model = _trained_batchnorm_unet()
+    exports = []
+    real_export = optimize.export_onnx
+    monkeypatch.setattr(optimize, "export_onnx", lambda m: exports.append(1) or real_export(m))
+    x = torch.rand(1, 1, 48, 48)
+    first = OnnxModel(model)(x)
+    cached = list((tmp_path / "cache" / "onnx").iterdir())
+    assert [path.name for path in cached] == [f"{onnx_cache_key(model)}.onnx"]  # no temporary file left
+    torch.testing.assert_close(OnnxModel(model)(x), first)  # a new process' worth of start-up: no export
+    assert len(exports) == 1
+
+    changed = copy.deepcopy(model)
+    with torch.no_grad():
+        next(changed.parameters()).add_(0.5)
+    assert onnx_cache_key(changed) != onnx_cache_key(model)
+    OnnxModel(changed)
+    assert len(exports) == 2 and len(list((tmp_path / "cache" / "onnx").iterdir())) == 2
+
+    cached[0].write_bytes(b"not an onnx graph")  # damaged: exported again and replaced
+    torch.testing.assert_close(OnnxModel(model)(x), first)
+    assert len(exports) == 3 and cached[0].read_bytes() != b"not an onnx graph"
+
+
+def test_an_unwritable_cache_folder_only_costs_the_export(tmp_path, monkeypatch):
+    if not onnxruntime_available():
+        pytest.skip("onnxruntime is not installed")
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the cache folder would go")
+    monkeypatch.setenv(CACHE_ENV, str(blocker))
+    model = _trained_batchnorm_unet()
+    x = torch.rand(1, 1, 32, 32)
+    torch.testing.assert_close(OnnxModel(model)(x), FastModel(model, torch.device("cpu"), "float32")(x),
+                               atol=1e-4, rtol=1e-4)
+    assert blocker.read_text().startswith("a file")

@@ -1,7 +1,10 @@
-"""The compute core stays free of napari and Qt."""
+"""The compute core stays free of napari and Qt; the package and the command start light."""
 
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 
 def test_core_imports_without_napari_or_qt():
@@ -25,3 +28,29 @@ def test_package_import_is_light_and_public_names_resolve():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_help_and_usage_errors_answer_without_loading_torch():
+    code = (
+        "import contextlib, io, sys\n"
+        "from napari_unetseg.cli import main\n"
+        "for argv in (['--help'], ['segment', '--help'], ['train', '--help'], ['models', '--help'], ['segment']):\n"
+        "    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
+        "        status = main(argv)\n"
+        "    assert status == (2 if argv == ['segment'] else 0), (argv, status)\n"
+        "heavy = [m for m in ('torch', 'onnxruntime', 'zarr', 'scipy', 'skimage') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_plugin_names_no_qt_binding_and_all_brings_one():
+    """The napari plugin template's rule: a user's napari has its Qt; only the ``all`` extra adds one."""
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    bindings = ("pyqt5", "pyqt6", "pyside2", "pyside6", "napari[pyqt", "napari[pyside", "napari[qt", "napari[all")
+    plugin = project["dependencies"] + extras["napari"]
+    assert not [req for req in plugin if req.lower().replace(" ", "").startswith(bindings)], plugin
+    assert any(req.startswith("napari[all]") for req in extras["all"]), extras["all"]

@@ -22,8 +22,9 @@ from conftest import ThresholdNet, tiny_unet, two_touching_discs, write_raw_chec
 
 from napari_unetseg import versions  # noqa: E402
 from napari_unetseg._sample_data import nuclei_2d, nuclei_3d  # noqa: E402
-from napari_unetseg._widget import _segment  # noqa: E402
+from napari_unetseg._widget import _models, _segment  # noqa: E402
 from napari_unetseg._widget._finetune import convention_text  # noqa: E402
+from napari_unetseg._widget._layers import image_source  # noqa: E402
 from napari_unetseg._widget._main import UNetSegWidget  # noqa: E402
 from napari_unetseg.checkpoint import Checkpoint, ModelInfo, load_checkpoint  # noqa: E402
 from napari_unetseg.device import available_devices  # noqa: E402
@@ -57,6 +58,18 @@ def notes(monkeypatch) -> list[tuple[str, str]]:
             notifications, f"show_{kind}", lambda message, kind=kind: shown.append((kind, str(message)))
         )
     return shown
+
+
+@pytest.fixture(autouse=True)
+def private_settings(tmp_path, monkeypatch) -> Path:
+    """napari's plugin settings (the model last used) start fresh in a folder of the test, never the
+    user's (as napari's own ``plugin_settings`` fixture does, without blocking plugin discovery)."""
+    from napari import settings as napari_settings
+
+    napari_settings._clear_plugin_settings_cache()
+    monkeypatch.setattr(napari_settings, "_CFG_PATH", str(tmp_path / "napari" / "settings.yaml"))
+    yield tmp_path / "napari"
+    napari_settings._clear_plugin_settings_cache()
 
 
 @pytest.fixture
@@ -149,7 +162,7 @@ def test_segment_2d_makes_a_labels_layer_in_the_image_place(qtbot, viewer_widget
     threshold_model(widget, monkeypatch)
     widget.segment.run_button.clicked.emit()
     wait_idle(qtbot, widget)
-    labels = viewer.layers["cells labels"]
+    labels = viewer.layers["cells labels (tiny-instance)"]
     assert labels.data.shape == (96, 96) and labels.data.dtype == np.uint32
     assert labels.data.max() >= 3
     assert tuple(labels.scale) == (0.5, 0.25) and tuple(labels.translate) == (10, 20)
@@ -170,15 +183,15 @@ def test_segment_3d_goes_through_the_slice_in_view_first_and_links_z(qtbot, view
     widget.segment.run()
     wait_idle(qtbot, widget)
     assert orders[0][0] == (5,) and sorted(orders[0]) == [(z,) for z in range(8)]
-    labels = viewer.layers["stack labels"].data
-    assert labels.shape == (8, 64, 64) and tuple(viewer.layers["stack labels"].scale) == (2, 1, 1)
+    labels = viewer.layers["stack labels (tiny-instance)"].data
+    assert labels.shape == (8, 64, 64) and tuple(viewer.layers["stack labels (tiny-instance)"].scale) == (2, 1, 1)
     per_slice = sum(len(np.unique(plane[plane > 0])) for plane in labels)
     assert 0 < len(np.unique(labels[labels > 0])) < per_slice  # objects keep one id across slices
 
     widget.segment.stitch_z.value = False
     widget.segment.run()
     wait_idle(qtbot, widget)
-    labels = viewer.layers["stack labels"].data
+    labels = viewer.layers["stack labels (tiny-instance)"].data
     assert len(np.unique(labels[labels > 0])) == sum(len(np.unique(p[p > 0])) for p in labels)
 
 
@@ -186,16 +199,56 @@ def test_second_run_writes_into_its_own_layer_never_a_user_layer(qtbot, viewer_w
     viewer, widget = viewer_widget
     image, _ = small_2d()
     viewer.add_image(image, name="cells")
-    mine = viewer.add_labels(np.full((96, 96), 7, np.uint32), name="cells labels")
+    mine = viewer.add_labels(np.full((96, 96), 7, np.uint32), name="cells labels (tiny-instance)")
     threshold_model(widget, monkeypatch)
     widget.segment.run()
     wait_idle(qtbot, widget)
-    assert [layer.name for layer in viewer.layers] == ["cells", "cells labels", "cells labels [1]"]
+    names = ["cells", "cells labels (tiny-instance)", "cells labels (tiny-instance) [1]"]
+    assert [layer.name for layer in viewer.layers] == names
     assert (mine.data == 7).all()
     viewer.layers.selection.active = mine
     widget.segment.run()
     wait_idle(qtbot, widget)
-    assert len(viewer.layers) == 3 and (mine.data == 7).all() and viewer.layers["cells labels [1]"].data.max() > 0
+    assert [layer.name for layer in viewer.layers] == names and (mine.data == 7).all()
+    assert viewer.layers["cells labels (tiny-instance) [1]"].data.max() > 0
+
+
+def test_each_model_keeps_its_result_and_a_painted_result_is_never_rewritten(
+    qtbot, viewer_widget, monkeypatch, notes, tiny_semantic_checkpoint
+):
+    viewer, widget = viewer_widget
+    image, _ = small_2d()
+    viewer.add_image(image, name="cells")
+    threshold_model(widget, monkeypatch)
+    widget.segment.run()
+    wait_idle(qtbot, widget)
+    first = viewer.layers["cells labels (tiny-instance)"]
+    kept = first.data.copy()
+    assert kept.max() >= 3
+
+    widget.models.add_file(tiny_semantic_checkpoint)  # another model: a layer of its own
+    widget.segment.run()
+    wait_idle(qtbot, widget)
+    names = ["cells", "cells labels (tiny-instance)", "cells labels (tiny-semantic)"]
+    assert [layer.name for layer in viewer.layers] == names
+    np.testing.assert_array_equal(first.data, kept)
+
+    widget.models.select(widget.models.find("tiny-instance").key)  # the same model again: its layer is reused
+    widget.segment.run()
+    wait_idle(qtbot, widget)
+    assert len(viewer.layers) == 3
+
+    first.selected_label = 50  # the user corrects the result with the brush...
+    first.paint((10, 10), 50)
+    painted = first.data.copy()
+    assert (painted == 50).any()
+    widget.segment.run()  # ...and segments again: the corrected layer stays as it is
+    wait_idle(qtbot, widget)
+    np.testing.assert_array_equal(first.data, painted)
+    again = viewer.layers["cells labels (tiny-instance) [1]"]
+    np.testing.assert_array_equal(again.data, kept)
+    latest = widget.owned.get("labels", image_source(viewer.layers["cells"]))
+    assert latest.unique_id == again.unique_id  # what From result starts from
 
 
 def test_this_slice_only(qtbot, viewer_widget, monkeypatch):
@@ -207,7 +260,7 @@ def test_this_slice_only(qtbot, viewer_widget, monkeypatch):
     widget.segment.this_slice.value = True
     widget.segment.run()
     wait_idle(qtbot, widget)
-    labels = viewer.layers["stack labels"].data
+    labels = viewer.layers["stack labels (tiny-instance)"].data
     assert labels[3].max() > 0
     assert not np.delete(labels, 3, axis=0).any()
     assert text(widget.segment.status).startswith("Done: 1 slice")
@@ -224,7 +277,7 @@ def test_rgb_and_4d_images(qtbot, viewer_widget, shape, expected):
     layer = viewer.add_image(data, name="img", rgb=len(shape) == 3)
     widget.segment.run()
     wait_idle(qtbot, widget)
-    assert viewer.layers["img labels"].data.shape == expected
+    assert viewer.layers["img labels (tiny-instance)"].data.shape == expected
     assert np.array_equal(layer.data, data)
 
 
@@ -247,7 +300,7 @@ def test_dask_and_zarr_images_are_read_plane_by_plane(qtbot, viewer_widget, monk
     widget.segment.run()
     wait_idle(qtbot, widget)
     assert set(reads) <= {6}  # only the plane segmented was computed
-    assert viewer.layers["lazy labels"].data[6].max() > 0
+    assert viewer.layers["lazy labels (tiny-instance)"].data[6].max() > 0
 
     zarr = pytest.importorskip("zarr")
     store = zarr.zeros(image.shape, chunks=(1, 64, 64), dtype=image.dtype)
@@ -257,7 +310,7 @@ def test_dask_and_zarr_images_are_read_plane_by_plane(qtbot, viewer_widget, monk
     widget.segment.this_slice.value = False
     widget.segment.run()
     wait_idle(qtbot, widget)
-    assert viewer.layers["zarr labels"].data.shape == image.shape
+    assert viewer.layers["zarr labels (tiny-instance)"].data.shape == image.shape
 
 
 def test_cancel_stops_within_a_batch(qtbot, viewer_widget, monkeypatch):
@@ -363,10 +416,24 @@ def test_deleting_a_layer_while_segmenting_stops_with_a_message(qtbot, viewer_wi
 
     viewer.add_image(np.random.default_rng(0).normal(100, 20, (40, 64, 64)).astype(np.float32), name="again")
     widget.segment.run()
-    viewer.layers.remove("again labels")
+    viewer.layers.remove("again labels (tiny-instance)")
     wait_idle(qtbot, widget)
     assert "labels layer" in notes[-1][1]
-    assert [layer.name for layer in viewer.layers] == ["long labels", "again"]  # results are kept
+    assert [layer.name for layer in viewer.layers] == ["long labels (tiny-instance)", "again"]  # results are kept
+
+
+def test_painting_in_the_result_while_it_is_segmented_stops_and_keeps_the_strokes(qtbot, viewer_widget, notes):
+    viewer, widget = viewer_widget
+    viewer.add_image(np.random.default_rng(0).normal(100, 20, (40, 64, 64)).astype(np.float32), name="long")
+    widget.segment.batch_size.value = 1
+    widget.segment.run()
+    result = viewer.layers["long labels (tiny-instance)"]
+    result.paint((0, 5, 5), 9)  # the user starts correcting before the job is done
+    painted = result.data.copy()
+    wait_idle(qtbot, widget)
+    assert any(kind == "warning" and "You painted in 'long labels (tiny-instance)'" in m for kind, m in notes)
+    np.testing.assert_array_equal(result.data, painted)
+    assert text(widget.segment.status).startswith("Cancelled after")
 
 
 def test_a_checkpoint_that_stops_loading_is_reported(qtbot, viewer_widget, notes, tmp_path):
@@ -391,7 +458,7 @@ def test_from_result_shifts_ids_and_marks_background(qtbot, viewer_widget, monke
     widget.segment.this_slice.value = True
     widget.segment.run()
     wait_idle(qtbot, widget)
-    result = viewer.layers["stack labels"].data.copy()
+    result = viewer.layers["stack labels (tiny-instance)"].data.copy()
     widget.finetune.from_result()
     annotation = viewer.layers["stack annotations"]
     assert annotation.mode == "paint" and annotation.selected_label == annotation.data.max() + 1
@@ -581,14 +648,24 @@ def test_fine_tuning_out_of_memory_halves_the_batch(monkeypatch, tiny_instance_c
     assert end.value.value.history[-1].iteration == 3
 
 
-def test_unetseg_gui_opens_the_sample_with_the_widget_docked(qtbot):
+def _launched_widget(viewer) -> UNetSegWidget:
+    return next(w for w in viewer.window.dock_widgets.values() if isinstance(w, UNetSegWidget))
+
+
+@pytest.mark.parametrize("size", [(1280, 800), (1800, 1100)])
+def test_unetseg_gui_opens_the_sample_fitted_to_the_canvas_with_the_widget_docked(qtbot, size):
     from napari_unetseg._widget._launch import WIDGET, open_viewer
 
-    viewer = open_viewer(run=False)
+    viewer = open_viewer(run=False, size=size)
     try:
+        qtbot.wait(300)  # the event loop shows the window at its size
         assert [layer.name for layer in viewer.layers] == ["nuclei 2D"]
         docked = [name for name in viewer.window._dock_widgets]
         assert any(WIDGET in name for name in docked), docked
+        canvas = np.asarray(viewer.canvas.size, float)  # (height, width)
+        shown = viewer.camera.zoom * np.asarray(viewer.layers["nuclei 2D"].data.shape, float)
+        assert (shown <= canvas).all() and shown.min() >= 0.85 * canvas.min(), (shown, canvas)  # whole, and large
+        np.testing.assert_allclose(viewer.camera.center[-2:], (127.5, 127.5), atol=1.0)
     finally:
         viewer.close()
 
@@ -690,3 +767,67 @@ def test_loading_a_bad_checkpoint_says_why_and_keeps_the_model(viewer_widget, no
     assert "weights_only" not in notes[-1][1] and "\x1b" not in notes[-1][1]
     assert widget.models.current().key == before
     assert not Path("/tmp/unetseg-widget-pwned").exists()
+
+
+def test_first_segment_on_the_sample_uses_nuclei_and_finds_the_nuclei(qtbot):
+    """The new user's first click: the nuclei model is preselected, and Segment outlines the nuclei."""
+    from napari_unetseg._widget._launch import open_viewer
+    from napari_unetseg.metrics import object_matching
+    from napari_unetseg.synthetic import sample_image_2d
+
+    viewer = open_viewer(run=False)
+    try:
+        widget = _launched_widget(viewer)
+        assert widget.models.current().label == "nuclei (built-in)"
+        widget.segment.run_button.clicked.emit()
+        wait_idle(qtbot, widget)
+        labels = viewer.layers["nuclei 2D labels (nuclei)"].data
+        assert object_matching(labels, sample_image_2d()[1])["f1"] > 0.8
+        assert _models.last_used_model() == "nuclei"
+        from napari.settings import get_plugin_settings
+
+        assert "last_model: nuclei" in get_plugin_settings("napari-unetseg").config_path.read_text()
+    finally:
+        viewer.close()
+
+
+def em_like_section() -> np.ndarray:
+    section = np.random.default_rng(0).normal(150, 20, (128, 128))
+    section[::16] = 30
+    section[:, ::16] = 30
+    return section.astype(np.uint8)
+
+
+@pytest.mark.parametrize(
+    ("remembered", "image", "expected"),
+    [
+        (None, "fluorescence", "nuclei"),
+        ("em-membranes", "fluorescence", "nuclei"),  # an EM model is not preselected on fluorescence
+        ("em-membranes", "em", "em-membranes"),
+        ("nuclei", "em", "em-membranes"),
+        ("em-membranes", None, "em-membranes"),  # no image yet: the last one used
+        ("/gone/model.pt", None, "nuclei"),  # a remembered file that no longer exists
+    ],
+)
+def test_the_model_preselected_is_the_last_used_one_that_fits_the_image(
+    make_napari_viewer_proxy, remembered, image, expected
+):
+    viewer = make_napari_viewer_proxy()  # napari discovers the plugin and its settings
+    if remembered is not None:
+        _models.remember_model(remembered)
+    if image is not None:
+        viewer.add_image(nuclei_2d()[0][0] if image == "fluorescence" else em_like_section(), name="img")
+    widget = UNetSegWidget(viewer)
+    assert widget.models.current().name == expected
+
+
+def test_the_preselection_follows_new_images_until_the_user_picks_a_model(make_napari_viewer_proxy):
+    viewer = make_napari_viewer_proxy()
+    widget = UNetSegWidget(viewer)
+    viewer.add_image(em_like_section(), name="em")
+    assert widget.models.current().name == "em-membranes"
+    widget.image.value = viewer.add_image(nuclei_2d()[0][0], name="cells")
+    assert widget.models.current().name == "nuclei"
+    widget.models.model.value = "em-membranes"  # the user's pick stays
+    widget.image.value = viewer.add_image(nuclei_2d()[0][0], name="more cells")
+    assert widget.models.current().name == "em-membranes"

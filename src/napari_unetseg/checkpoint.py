@@ -13,7 +13,6 @@ import os
 import pickle
 import pickletools
 import re
-import tempfile
 import warnings
 import zipfile
 from dataclasses import asdict, dataclass, field
@@ -22,12 +21,12 @@ from typing import Any
 
 import torch
 
-from .io import raise_naming
+from .atomic import atomic_write
 from .model import UNet
+from .options import MODES
 
 FORMAT_NAME = "napari-unetseg"
 FORMAT_VERSION = 1
-MODES = ("instance", "semantic")
 INSTANCE_CLASSES = ["background", "interior", "boundary"]
 
 
@@ -76,7 +75,8 @@ def save_checkpoint(path: str | os.PathLike, model: UNet, info: ModelInfo, overw
     """Write ``model`` and ``info`` to ``path`` atomically; refuse to replace a file unless ``overwrite``.
 
     The data goes to a temporary file in the same folder first, so a crash never leaves a
-    half-written checkpoint under the final name.
+    half-written checkpoint under the final name; the file's mode follows the umask (readable by
+    colleagues in a shared model folder where the umask allows it).
     """
     path = Path(path)
     problem = info_problem(info, model.num_classes)
@@ -92,21 +92,8 @@ def save_checkpoint(path: str | os.PathLike, model: UNet, info: ModelInfo, overw
         "info": asdict(info),
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
     }
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if overwrite:
-            os.replace(tmp_name, path)
-        else:
-            os.link(tmp_name, path)  # fails if someone created the file meanwhile
-            os.unlink(tmp_name)
-    except BaseException as exc:  # a full disk, Ctrl-C, ...: no temporary file is left
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise_naming(exc, path)
+    with atomic_write(path, overwrite) as handle:
+        torch.save(payload, handle)
     return path
 
 

@@ -1,7 +1,9 @@
 """The ``unetseg`` command line: segment TIFF and zarr images, score a segmentation, report devices.
 
 Only argument handling lives here; the work is done by :mod:`.io`, :mod:`.inference` and
-:mod:`.metrics`. Bad input (usage errors too) ends with one ``unetseg: error: ...`` line on stderr and exit status
+:mod:`.metrics`, imported by the command that needs them, so ``unetseg --help`` (and a usage
+error) answers without loading PyTorch. Bad input (usage errors too) ends with one ``unetseg: error: ...`` line on
+stderr and exit status
 2, before any output is written; Ctrl-C ends with status 130.
 
 Adding a command (e.g. ``train`` or ``models``): write ``_add_<name>(commands)`` that creates
@@ -22,28 +24,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
-import numpy as np
-
 from . import __version__
-from .checkpoint import Checkpoint
-from .device import DEVICE_CHOICES, DeviceUnavailableError, explain_devices, get_device
-from .inference import AxesLayout, labels_spec, parse_axes, segment
-from .io import (
-    LARGE_RESULT_BYTES,
-    ZARR_SUFFIX,
-    ImageReadError,
-    is_zarr_store,
-    labels_output,
-    probe_image,
-    read_image,
-)
-from .metrics import MODES, check_label_image, evaluate
-from .models import DEFAULT_MODEL, resolve_model
-from .normalize import check_image
-from .optimize import BACKENDS, PRECISIONS
+from .options import BACKENDS, DEFAULT_MODEL, DEVICE_CHOICES, LARGE_RESULT_BYTES, MODES, PRECISIONS, ZARR_SUFFIX
 
 if TYPE_CHECKING:
     from distributed import Client
+
+    from .checkpoint import Checkpoint
+    from .inference import AxesLayout
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -66,6 +54,8 @@ class _Parser(argparse.ArgumentParser):
 
 def _load_model(spec: str) -> Checkpoint:
     """A checkpoint from a file path or a built-in model name."""
+    from .models import resolve_model
+
     return resolve_model(spec)
 
 
@@ -125,12 +115,18 @@ class ProgressBar:
     """``[####    ] 12/32 planes 3.1 planes/s ETA 6s`` on stderr, redrawn in place on a terminal.
 
     When the stream is not a terminal (a log file, a pipe) only the final state is written, so
-    logs are not flooded with carriage returns. Call it as ``progress(done, total)``.
+    logs are not flooded with carriage returns. Call it as ``progress(done, total)``. With a time
+    ``budget`` (seconds) the work may end before ``total``: the bar and the ETA follow whichever
+    ends first, the count or the time.
     """
 
-    def __init__(self, label: str, stream: TextIO, enabled: bool = True, width: int = 24, unit: str = "planes") -> None:
+    def __init__(
+        self, label: str, stream: TextIO, enabled: bool = True, width: int = 24, unit: str = "planes",
+        budget: float | None = None,
+    ) -> None:
         self.label = label
         self.unit = unit
+        self.budget = budget
         self.stream = stream
         self.enabled = enabled
         self.width = width
@@ -144,10 +140,18 @@ class ProgressBar:
             return
         elapsed = max(time.monotonic() - self.start, 1e-9)
         rate = done / elapsed
-        filled = self.width * done // total if total else self.width
-        eta = f" ETA {_format_seconds((total - done) / rate)}" if 0 < done < total else ""
+        fraction = done / total if total else 1.0
+        left = (total - done) / rate if 0 < done < total else None
+        clock = ""
+        if self.budget is not None and done < total:
+            fraction = max(fraction, min(elapsed / self.budget, 1.0))
+            time_left = max(self.budget - elapsed, 0.0)
+            left = time_left if left is None else min(left, time_left)
+            clock = f" {_format_seconds(elapsed)} of {_format_seconds(self.budget)}"
+        filled = int(self.width * min(fraction, 1.0))
+        eta = f" ETA {_format_seconds(left)}" if left is not None else ""
         line = (
-            f"{self.label} [{'#' * filled}{' ' * (self.width - filled)}] {done}/{total} {self.unit} "
+            f"{self.label} [{'#' * filled}{' ' * (self.width - filled)}] {done}/{total} {self.unit}{clock} "
             f"{rate:.1f} {self.unit}/s{eta}"
         )
         if self.interactive and (done == total or time.monotonic() - self.last_draw >= 0.1):
@@ -195,11 +199,14 @@ def _add_segment(commands: argparse._SubParsersAction) -> None:
         ),
         epilog=(
             "examples:\n"
-            "  unetseg segment cells.tif -o cells_labels.tif --model nuclei.pt\n"
-            "  unetseg segment a.tif b.tif -o results/ --model nuclei.pt   # results/a_labels.tif, ...\n"
-            "  unetseg segment stack.tif -o stack_labels.tif --model nuclei.pt --axes ZYX --stitch-z\n"
-            "  unetseg segment volume.ome.zarr -o volume_labels.zarr --model nuclei.pt --workers 4\n"
-            "  unetseg segment volume.ome.zarr -o volume_labels.zarr --scheduler tcp://10.0.0.5:8786"
+            f"  unetseg segment cells.tif -o cells_labels.tif                  # the built-in {DEFAULT_MODEL} model\n"
+            "  unetseg segment a.tif b.tif -o results/ --model em-membranes   # results/a_labels.tif, ...\n"
+            "  unetseg segment stack.tif -o stack_labels.tif --axes ZYX --stitch-z\n"
+            "  unetseg segment cells.tif -o cells_labels.tif --model cells-ft1.pt   # a checkpoint file\n"
+            "  unetseg segment volume.ome.zarr -o volume_labels.zarr --workers 4\n"
+            "  unetseg segment volume.ome.zarr -o volume_labels.zarr --scheduler tcp://10.0.0.5:8786\n"
+            "\n"
+            "'unetseg models' lists the built-in model names."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -268,6 +275,8 @@ def _plan_outputs(
     ``sizes`` (bytes of each input's labels) choose TIFF or zarr when ``output`` is a folder;
     ``extra_inputs`` (e.g. the model file) must not be overwritten either.
     """
+    from .io import is_zarr_store
+
     suffix = output.suffix.lower()
     if suffix == ZARR_SUFFIX or (suffix in TIFF_SUFFIXES and not output.is_dir()):
         if len(inputs) > 1:
@@ -349,6 +358,9 @@ def _segment_into(
     args: argparse.Namespace, progress: ProgressBar,
 ) -> None:
     """Segment ``src`` into ``out``: in this process, or as tasks on the cluster of ``client``."""
+    from .inference import segment
+    from .io import read_image
+
     options = {
         "axes": layout.axes, "device": device, "batch_size": args.batch_size, "tile_size": args.tile_size,
         "precision": args.precision, "backend": args.backend, "stitch_z": args.stitch_z, "progress": progress,
@@ -362,6 +374,11 @@ def _segment_into(
 
 
 def _run_segment(args: argparse.Namespace) -> int:
+    from .device import get_device
+    from .inference import labels_spec, parse_axes
+    from .io import ImageReadError, labels_output, probe_image
+    from .normalize import check_image
+
     infos = [probe_image(src) for src in args.inputs]
     layouts = []
     for src, info in zip(args.inputs, infos):
@@ -436,6 +453,11 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .io import probe_image, read_image
+    from .metrics import check_label_image, evaluate
+
     for path in (args.prediction, args.truth):
         probe_image(path)
     prediction, truth = np.asarray(read_image(args.prediction)), np.asarray(read_image(args.truth))
@@ -490,7 +512,13 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from .checkpoint import save_checkpoint
+    from .device import get_device
+    from .io import probe_image, read_image
+    from .metrics import check_label_image
+    from .normalize import check_image
     from .training import TrainConfig, train
 
     for path in (args.image, args.labels):
@@ -508,7 +536,7 @@ def _run_train(args: argparse.Namespace) -> int:
         mode=args.mode, iterations=args.iterations, max_seconds=args.max_seconds, seed=args.seed,
         freeze_encoder=args.freeze_encoder, device=args.device, name=args.output.stem,
     )
-    bar = ProgressBar("train", sys.stderr, enabled=not args.quiet, unit="iterations")
+    bar = ProgressBar("train", sys.stderr, enabled=not args.quiet, unit="iterations", budget=args.max_seconds)
 
     def report(step) -> None:
         if step.iteration == 1 and not args.quiet:  # the annotation was accepted: say what it cannot teach
@@ -524,12 +552,20 @@ def _run_train(args: argparse.Namespace) -> int:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(args.output, result.model, result.info, overwrite=args.overwrite)
     if not args.quiet:
-        print(f"wrote {args.output}: {result.outcome(parent.info.name if parent else 'the new network')}",
-              file=sys.stderr)
+        print(f"wrote {args.output}: {_training_summary(result, args, parent)}", file=sys.stderr)
     return 0
 
 
-def _print_painting_advice(labels: np.ndarray, mode: str | None, parent: Checkpoint | None) -> None:
+def _training_summary(result: Any, args: argparse.Namespace, parent: Checkpoint | None) -> str:
+    """How the training ended and which weights were written, in plain words."""
+    done = result.history[-1].iteration if result.history else 0
+    ended = ""
+    if args.max_seconds is not None and done < args.iterations and not result.stopped:
+        ended = f"the {_format_seconds(args.max_seconds)} time budget ended after {done} of {args.iterations} iterations; "
+    return ended + result.outcome(parent.info.name if parent else "the new network")
+
+
+def _print_painting_advice(labels: Any, mode: str | None, parent: Checkpoint | None) -> None:
     from .targets import painting_advice
 
     mode = mode or (parent.info.mode if parent is not None else "instance")
@@ -545,7 +581,10 @@ def _add_models(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "models",
         help="list the built-in models",
-        description="List the models shipped with napari-unetseg: name, mode, classes, size, training data, metrics.",
+        description=(
+            "List the models shipped with napari-unetseg: name, mode, classes, size, training data, metrics. "
+            f"The default model ({DEFAULT_MODEL}, used when --model is not given) is marked [default]."
+        ),
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.set_defaults(run=_run_models)
@@ -554,13 +593,14 @@ def _add_models(commands: argparse._SubParsersAction) -> None:
 def _run_models(args: argparse.Namespace) -> int:
     from .models import list_models
 
-    rows = list_models()
+    rows = [{**row, "default": row["name"] == DEFAULT_MODEL} for row in list_models()]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     for row in rows:
         metrics = ", ".join(f"{k} {v}" for k, v in row["metrics"].items())
-        print(f"{row['name']}  ({row['mode']}; classes: {', '.join(row['classes'])}; "
+        default = " [default]" if row["default"] else ""
+        print(f"{row['name']}{default}  ({row['mode']}; classes: {', '.join(row['classes'])}; "
               f"{row['parameters'] / 1e6:.2f} M parameters, {row['size_mb']} MB)")
         print(f"    {row['description']}")
         print(f"    trained on: {row['training_data']}")
@@ -584,6 +624,8 @@ def _add_gui(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_gui(args: argparse.Namespace) -> int:
+    from .io import probe_image
+
     if args.image is not None:
         probe_image(args.image)
     try:
@@ -607,6 +649,8 @@ def _add_devices(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_devices(args: argparse.Namespace) -> int:
+    from .device import explain_devices
+
     print(explain_devices().summary())
     return 0
 
@@ -633,6 +677,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _bad_input_errors() -> tuple[type[Exception], ...]:
+    """What ends as one error line: ours, bad values, files, and a missing device if a command asked for one.
+
+    (The device module is imported only by the commands that use it, so its error class is looked
+    up when an error is being handled.)
+    """
+    device = sys.modules.get(f"{__package__}.device")
+    return (CliError, ValueError, OSError, *((device.DeviceUnavailableError,) if device is not None else ()))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``unetseg`` with ``argv`` (default: ``sys.argv[1:]``) and return the exit status."""
     parser = build_parser()
@@ -646,7 +700,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("unetseg: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (CliError, ValueError, OSError, DeviceUnavailableError) as exc:
+    except _bad_input_errors() as exc:
         print(f"unetseg: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
 

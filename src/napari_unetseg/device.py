@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
+from .options import DEVICE_CHOICES
 
 
 class DeviceUnavailableError(RuntimeError):

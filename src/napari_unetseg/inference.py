@@ -9,6 +9,7 @@ larger than memory stream from disk to disk. :mod:`.distributed` runs the same e
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import weakref
@@ -25,7 +26,7 @@ from .device import fit_to_memory, get_device
 from .normalize import check_image, normalize_plane
 from .metrics import agreement
 from .model import UNet
-from .optimize import cpu_supports_bf16, make_fast_model
+from .optimize import cache_dir, cache_key, cpu_supports_bf16, make_fast_model, read_cache, write_cache
 from .postprocess import STRIPWISE_PIXELS, link_to_previous, probabilities_to_classes, probabilities_to_instances
 from .synthetic import synthetic_nuclei_2d
 from .tiling import TilePlan, plan_tiles
@@ -66,11 +67,17 @@ def parse_axes(shape: Sequence[int], axes: str | None = None) -> AxesLayout:
     ndim = len(shape)
     if axes is not None:
         axes = axes.upper()
+        unknown = sorted(set(axes) - set(KNOWN_AXES), key=axes.index)
+        if unknown:
+            letters = ", ".join(repr(letter) for letter in unknown)
+            raise ValueError(
+                f"axes {axes!r}: {letters} {'is not an axis letter' if len(unknown) == 1 else 'are not axis letters'}; "
+                f"use {', '.join(KNOWN_AXES)}"
+            )
+        if len(set(axes)) != len(axes) or not {"Y", "X"} <= set(axes):
+            raise ValueError(f"axes {axes!r} must use each of {', '.join(KNOWN_AXES)} at most once and include Y and X")
         if len(axes) != ndim:
             raise ValueError(f"axes {axes!r} name {len(axes)} axes but the image has {ndim} (shape {tuple(shape)})")
-        unknown = set(axes) - set(KNOWN_AXES)
-        if unknown or len(set(axes)) != len(axes) or not {"Y", "X"} <= set(axes):
-            raise ValueError(f"axes {axes!r} must use each of T, Z, C, Y, X at most once and include Y and X")
         if axes.index("Y") > axes.index("X"):
             raise ValueError(f"axes {axes!r}: Y must come before X")
         return AxesLayout(axes)
@@ -206,12 +213,25 @@ def resolve_precision(checkpoint: Checkpoint, device: torch.device, precision: s
     """
     if precision != "auto" or device.type != "cpu" or not cpu_supports_bf16():
         return precision
-    if checkpoint.model not in _BFLOAT16_VERDICTS:  # once per network and process
-        try:
-            _BFLOAT16_VERDICTS[checkpoint.model] = bfloat16_agrees(checkpoint)
-        except (RuntimeError, MemoryError):  # a probe that cannot run proves nothing: stay with float32
-            _BFLOAT16_VERDICTS[checkpoint.model] = False
+    if checkpoint.model not in _BFLOAT16_VERDICTS:  # once per network and process...
+        _BFLOAT16_VERDICTS[checkpoint.model] = _cached_bfloat16_verdict(checkpoint)
     return "bfloat16" if _BFLOAT16_VERDICTS[checkpoint.model] else "float32"
+
+
+def _cached_bfloat16_verdict(checkpoint: Checkpoint) -> bool:
+    """:func:`bfloat16_agrees`, kept in the cache folder by network, PyTorch and CPU kind (...and once per machine)."""
+    key = cache_key(checkpoint.model, probe="bfloat16_agrees", cpu=torch.backends.cpu.get_cpu_capability())
+    path = cache_dir() / "precision" / f"{key}.json"
+    try:
+        return bool(json.loads(read_cache(path) or b"")["bfloat16_agrees"])
+    except (ValueError, KeyError, TypeError):  # not there yet, or damaged: probe
+        pass
+    try:
+        verdict = bfloat16_agrees(checkpoint)
+    except (RuntimeError, MemoryError):  # a probe that cannot run proves nothing: stay with float32 (not kept)
+        return False
+    write_cache(path, json.dumps({"bfloat16_agrees": verdict}).encode())
+    return verdict
 
 
 def bfloat16_agrees(checkpoint: Checkpoint, planes: int = 2, size: int = 512) -> bool:

@@ -8,7 +8,6 @@ stores with one compressed chunk per 2D plane, filled plane by plane as they are
 
 from __future__ import annotations
 
-import errno
 import math
 import os
 import secrets
@@ -19,25 +18,24 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import numcodecs
 import numpy as np
 import tifffile
 import zarr
 
+from .atomic import atomic_write, raise_naming
+from .options import LARGE_RESULT_BYTES, ZARR_SUFFIX
+
 #: Images whose decoded size exceeds this are returned as lazy zarr arrays, not read into memory.
 LAZY_THRESHOLD_BYTES = 1 << 30
 #: Label images at least this big are written as BigTIFF (classic TIFF stops at 4 GiB offsets;
 #: the margin covers compression overhead and metadata).
 BIGTIFF_THRESHOLD_BYTES = (1 << 31) - (1 << 25)
-#: Label results bigger than this are not held in memory: they stream into a zarr store, and an
-#: output whose format is left open (a folder) is written as zarr instead of TIFF.
-LARGE_RESULT_BYTES = 1 << 30
 #: tifffile axis letters (and OME-Zarr axis names, upper-cased) -> the letters understood by
 #: segmentation ("S" = samples, e.g. RGB).
 _AXIS_LETTERS = {"T": "T", "Z": "Z", "C": "C", "S": "C", "Y": "Y", "X": "X"}
-ZARR_SUFFIX = ".zarr"
 _ZARR_MARKERS = ("zarr.json", ".zarray", ".zgroup")
 #: Labels compress very well with zstd after bit-shuffling (runs of equal ids).
 LABELS_COMPRESSOR = numcodecs.Blosc(cname="zstd", clevel=3, shuffle=numcodecs.Blosc.BITSHUFFLE)
@@ -190,20 +188,6 @@ def temporary_labels_zarr(shape: Sequence[int], dtype: Any) -> zarr.Array:
 
 
 #: Errors of a write that fill or refuse the output's storage; their messages should name the output.
-_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
-
-
-def raise_naming(exc: BaseException, path: str | os.PathLike) -> NoReturn:
-    """Re-raise ``exc``; a storage error that names no file (e.g. a full disk) is raised as one naming ``path``.
-
-    Writers call this after removing their temporary file, so the message says which output
-    failed: ``out/b_labels.tif: No space left on device``.
-    """
-    if isinstance(exc, OSError) and not exc.filename and exc.errno in _STORAGE_ERRNOS:
-        raise OSError(exc.errno, exc.strerror or os.strerror(exc.errno), os.fspath(path)) from exc
-    raise exc
-
-
 def _refuse_existing(path: Path, overwrite: bool) -> None:
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists; choose another name or allow overwriting")
@@ -306,39 +290,14 @@ def write_labels(path: str | os.PathLike, labels: Any, overwrite: bool = False) 
     else:  # stream: tifffile takes an iterator of pages given the shape and dtype
         data, layout = (np.asarray(labels[i]) for i in np.ndindex(*shape[:-2])), {"shape": shape, "dtype": dtype}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    try:
-        # "x" mode honours the umask (tempfile.mkstemp would make the result private).
-        with open(tmp, "xb") as handle:
-            tifffile.imwrite(
-                handle,
-                data,
-                photometric="minisblack",
-                compression="zlib",
-                bigtiff=math.prod(shape) * dtype.itemsize >= BIGTIFF_THRESHOLD_BYTES,
-                **layout,
-            )
-            handle.flush()
-            os.fsync(handle.fileno())
-        _move_into_place(tmp, path, overwrite)
-    except BaseException as exc:  # a full disk, Ctrl-C, ...: no temporary file is left
-        tmp.unlink(missing_ok=True)
-        raise_naming(exc, path)
+    with atomic_write(path, overwrite) as handle:
+        tifffile.imwrite(
+            handle,
+            data,
+            photometric="minisblack",
+            compression="zlib",
+            bigtiff=math.prod(shape) * dtype.itemsize >= BIGTIFF_THRESHOLD_BYTES,
+            **layout,
+        )
     return path
 
-
-def _move_into_place(tmp: Path, path: Path, overwrite: bool) -> None:
-    """Give ``tmp`` the name ``path``; without ``overwrite``, never replace a file created meanwhile."""
-    if overwrite:
-        os.replace(tmp, path)
-        return
-    try:
-        os.link(tmp, path)  # atomic and fails if the name is taken
-    except FileExistsError:
-        raise FileExistsError(f"{path} already exists; choose another name or allow overwriting") from None
-    except OSError:  # file systems without hard links (e.g. FAT, some network shares)
-        if path.exists():
-            raise FileExistsError(f"{path} already exists; choose another name or allow overwriting") from None
-        os.replace(tmp, path)
-        return
-    tmp.unlink()

@@ -26,7 +26,8 @@ from scipy.sparse.csgraph import connected_components as _graph_components
 from skimage.measure import label as _label_components
 from skimage.segmentation import expand_labels
 
-MODES = ("instance", "semantic")
+from .options import MODES
+
 #: IoU thresholds 0.50, 0.55, ..., 0.90 for the averaged object scores.
 IOU_THRESHOLDS: tuple[float, ...] = tuple(round(0.5 + 0.05 * i, 2) for i in range(9))
 

@@ -7,25 +7,34 @@
   float32 labels (about 1.7x faster than float32 PyTorch on the machine we measured).
 - On the CPU, ONNX Runtime (when installed: ``pip install napari-unetseg[onnx]``) runs the same
   float32 network about twice as fast as eager PyTorch on the machine we measured, with the same
-  labels; ``backend="auto"`` uses it there.
+  labels; ``backend="auto"`` uses it there. The exported network is cached on disk (see
+  :func:`exported_onnx`), so only the first run of a model pays for the export.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import importlib.metadata
 import importlib.util
 import io
+import json
+import os
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from .atomic import atomic_write
 from .model import UNet
+from .options import BACKENDS, PRECISIONS
 
-PRECISIONS = ("auto", "float32", "bfloat16", "float16")
-BACKENDS = ("auto", "torch", "onnxruntime")
+ONNX_OPSET = 17
+#: Overrides the cache folder (default: the user cache folder, e.g. ~/.cache/napari-unetseg).
+CACHE_ENV = "NAPARI_UNETSEG_CACHE_DIR"
 
 
 def cpu_supports_bf16() -> bool:
@@ -100,10 +109,96 @@ def onnxruntime_available() -> bool:
     return all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnx"))
 
 
-class OnnxModel:
-    """The network (BatchNorm folded) exported to ONNX in memory and run by ONNX Runtime on the CPU.
+def cache_dir() -> Path:
+    """Folder for files worth keeping between runs: ``$NAPARI_UNETSEG_CACHE_DIR``, else the user cache folder."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    from platformdirs import user_cache_dir
 
-    Same interface as :class:`FastModel`; float32 only. Export takes a second or two, once.
+    return Path(user_cache_dir("napari-unetseg", appauthor=False))
+
+
+def network_sha256(model: UNet) -> str:
+    """sha256 of what the network computes: its class, architecture and weights (not a file's metadata).
+
+    Hashing the weights rather than a checkpoint file also covers models that were never saved
+    (a fine-tuned network in the viewer).
+    """
+    digest = hashlib.sha256()
+    setup = {"network": f"{type(model).__module__}.{type(model).__qualname__}", "config": model.config}
+    digest.update(json.dumps(setup, sort_keys=True, default=str).encode())
+    for name, tensor in model.state_dict().items():
+        values = tensor.detach().cpu().contiguous()
+        digest.update(f"{name} {values.dtype} {tuple(values.shape)}".encode())
+        digest.update(values.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def cache_key(model: UNet, **setup: object) -> str:
+    """sha256 of the network (:func:`network_sha256`) and of ``setup``, what else shapes a cached result."""
+    text = json.dumps({"network": network_sha256(model), "torch": torch.__version__, **setup}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def onnx_cache_key(model: UNet) -> str:
+    """The name of ``model``'s exported graph in the cache: the network and everything the exporter adds."""
+    return cache_key(
+        model, onnx=importlib.metadata.version("onnx"), opset=ONNX_OPSET,
+        inputs="x: (batch, channels, height, width), dynamic batch/height/width; BatchNorm folded",
+    )
+
+
+def read_cache(path: Path) -> bytes | None:
+    """A cached file's bytes, or None when it is not there (or cannot be read)."""
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
+def write_cache(path: Path, data: bytes) -> None:
+    """Store ``data`` atomically (parallel runs never read half a file); a cache that cannot be written is skipped."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(path, overwrite=True) as handle:
+            handle.write(data)
+    except OSError:
+        pass
+
+
+def export_onnx(model: UNet) -> bytes:
+    """The network with BatchNorm folded as an ONNX graph (dynamic batch and plane size); a few seconds."""
+    buffer = io.BytesIO()
+    example = torch.zeros(1, model.in_channels, 64, 64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            fold_batchnorm(model).cpu(), (example,), buffer, input_names=["x"], output_names=["logits"],
+            dynamic_axes={"x": {0: "batch", 2: "height", 3: "width"}}, dynamo=False, opset_version=ONNX_OPSET,
+        )
+    return buffer.getvalue()
+
+
+def exported_onnx(model: UNet, refresh: bool = False) -> bytes:
+    """:func:`export_onnx` of ``model``, read from ``<cache_dir>/onnx/<sha256>.onnx`` when it was exported before.
+
+    A new export is written there atomically (so parallel runs never read half a file); a cache
+    folder that cannot be written costs the export time on every run, never the result.
+    ``refresh`` exports again and replaces the cached file (e.g. one that failed to load).
+    """
+    path = cache_dir() / "onnx" / f"{onnx_cache_key(model)}.onnx"
+    graph = None if refresh else read_cache(path)
+    if graph is None:
+        graph = export_onnx(model)
+        write_cache(path, graph)
+    return graph
+
+
+class OnnxModel:
+    """The network (BatchNorm folded) exported to ONNX and run by ONNX Runtime on the CPU.
+
+    Same interface as :class:`FastModel`; float32 only. The export (a few seconds) is cached on disk
+    by :func:`exported_onnx`.
     """
 
     device = torch.device("cpu")
@@ -112,17 +207,16 @@ class OnnxModel:
     def __init__(self, model: UNet) -> None:
         import onnxruntime
 
-        buffer = io.BytesIO()
-        example = torch.zeros(1, model.in_channels, 64, 64)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                fold_batchnorm(model).cpu(), (example,), buffer, input_names=["x"], output_names=["logits"],
-                dynamic_axes={"x": {0: "batch", 2: "height", 3: "width"}}, dynamo=False, opset_version=17,
-            )
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
-        self.session = onnxruntime.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+
+        def session(graph: bytes) -> onnxruntime.InferenceSession:
+            return onnxruntime.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+
+        try:
+            self.session = session(exported_onnx(model))
+        except Exception:  # a damaged cached file (ONNX Runtime's errors share no base class): export again
+            self.session = session(exported_onnx(model, refresh=True))
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         # one input at a time: ONNX Runtime's CPU convolutions were slower per plane with batches (measured)

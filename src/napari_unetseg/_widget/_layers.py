@@ -140,16 +140,19 @@ def largest_label(data: Any) -> int:
 
 
 class OwnedLayers:
-    """The layers this widget made, by role and image, so it never writes into a layer the user made.
+    """The layers this widget made, by role and image, so it never writes into a layer the user made
+    or painted in.
 
     Layers are remembered by napari's ``unique_id`` (a duplicate of one of ours is the user's),
-    and marked in ``metadata`` for people and other tools.
+    and marked in ``metadata`` for people and other tools. A layer of ours that the user paints
+    in (brush, fill, eraser) becomes theirs to keep: it is never written again.
     """
 
     def __init__(self, viewer: napari.Viewer, on_change: Callable[[], None]) -> None:
         self.viewer = viewer
         self.on_change = on_change  # called when a layer becomes ours (layer lists change)
         self._ids: dict[tuple[str, Any], Any] = {}
+        self._edited: set[Any] = set()
 
     def _own(self, role: str, source: ImageSource, layer: napari.layers.Layer) -> None:
         self._ids[(role, source.layer_id)] = layer.unique_id
@@ -163,23 +166,38 @@ class OwnedLayers:
     def owns(self, layer: napari.layers.Layer) -> bool:
         return layer.unique_id in self._ids.values()
 
-    def labels(self, source: ImageSource, dtype: np.dtype, clear: bool) -> napari.layers.Labels:
-        """Our ``"<image> labels"`` layer for ``source``, made (or reshaped) to fit; zeroed if ``clear``."""
-        layer = self.get("labels", source)
+    def edited(self, layer: napari.layers.Layer) -> bool:
+        """Whether the user has painted in this layer (then it is theirs: never written again)."""
+        return layer.unique_id in self._edited
+
+    def labels(
+        self, source: ImageSource, dtype: np.dtype, clear: bool, model: str | None = None
+    ) -> napari.layers.Labels:
+        """The layer for a result of ``model`` on ``source``, made (or reshaped) to fit; zeroed if ``clear``.
+
+        Each model has its own ``"<image> labels (<model>)"`` layer, so segmenting with another model
+        keeps the earlier results; running a model again reuses its layer unless the user painted in
+        it, which gets a new layer instead. ``model=None`` is the image's latest result layer
+        (``"<image> labels"`` when there is none), e.g. for a live preview.
+        """
+        role = "labels" if model is None else f"labels ({model})"
+        layer = self.get(role, source)
         shape = source.spatial_shape
-        if layer is None:
+        if layer is None or self.edited(layer):
             layer = self.viewer.add_labels(
                 blank_labels(shape, dtype),
-                name=f"{source.name} labels",
+                name=f"{source.name} labels" + ("" if model is None else f" ({model})"),
                 **source.geometry,
-                metadata={METADATA_KEY: {"role": "labels", "image": source.name}},
+                metadata={METADATA_KEY: {"role": "labels", "image": source.name, "model": model}},
             )
-            self._own("labels", source, layer)
+            layer.events.paint.connect(lambda *_, layer_id=layer.unique_id: self._edited.add(layer_id))
+            self._own(role, source, layer)
         elif layer.data.shape != shape or np.dtype(layer.data.dtype) != np.dtype(dtype):
             layer.data = blank_labels(shape, dtype)
         elif clear:
             layer.data[...] = 0
             layer.refresh()
+        self._ids[("labels", source.layer_id)] = layer.unique_id  # the image's latest result
         return layer
 
     def uncertainty(self, source: ImageSource) -> napari.layers.Image:

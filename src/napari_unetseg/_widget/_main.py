@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from magicgui.widgets import ComboBox, Container, Label, ProgressBar, PushButton
 
 from ..checkpoint import Checkpoint, CheckpointError
 from ..device import explain_devices
+from ..imaging import image_imaging
 from ._finetune import FineTunePanel
-from ._layers import ImageSource, Note, OwnedLayers, UserError, image_source, layers_of_type, notify
+from ._layers import ImageSource, Note, OwnedLayers, UserError, current_plane, image_source, layers_of_type, notify
 from ._models import ModelPicker
 from ._runner import JobRunner
 from ._segment import SegmentPanel
@@ -51,7 +53,9 @@ class UNetSegWidget(Container):
                 self.finetune,
             ]
         )
+        self.models.preselect(self._image_kind())
         self.models.model.changed.connect(self._model_changed)
+        self.image.changed.connect(self._image_changed)
         self._model_changed()
         self._events = [
             (viewer.layers.events.inserted, self._layers_changed),
@@ -95,6 +99,20 @@ class UNetSegWidget(Container):
         except CheckpointError as exc:
             notify("error", str(exc))
         return None
+
+    def _image_kind(self) -> str | None:
+        """Whether the chosen image looks like fluorescence or EM (its plane on screen); None if unclear."""
+        layer = self.image.value
+        try:
+            source = image_source(layer)
+        except UserError:
+            return None
+        plane = np.asarray(source.data[current_plane(self.viewer, source, layer)])
+        return image_imaging(plane.mean(axis=-1) if "C" in source.axes else plane)
+
+    def _image_changed(self, *_: object) -> None:
+        if not self.models.chosen_by_user:  # follow the image until the user picks a model
+            self.models.preselect(self._image_kind())
 
     def _model_changed(self, *_: object) -> None:
         try:

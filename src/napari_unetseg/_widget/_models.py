@@ -1,18 +1,51 @@
-"""The model picker: built-in models, the user's fine-tuned versions and checkpoint files loaded by hand."""
+"""The model picker: built-in models, the user's fine-tuned versions and checkpoint files loaded by hand.
+
+It opens on the model used last (remembered in napari's plugin settings), else the default
+``nuclei``, passing over a model made for another kind of image than the one chosen.
+"""
 
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from magicgui.application import use_app
 from magicgui.widgets import ComboBox, Container, PushButton
 
 from .. import versions
 from ..checkpoint import Checkpoint, CheckpointError, ModelInfo, load_checkpoint
+from ..imaging import model_imaging
 from ..models import builtin_names, resolve_model
+from ..options import DEFAULT_MODEL
 from ._layers import Note, notify
+
+PLUGIN = "napari-unetseg"
+
+
+def _panel_settings() -> Any:
+    """The panel's napari plugin settings (``configurations.panel`` in napari.yaml, saved by napari in its
+    config folder as ``napari-unetseg.yaml``); None where napari does not know the plugin's settings."""
+    from napari.settings import get_plugin_settings
+
+    try:
+        return get_plugin_settings(PLUGIN).panel
+    except KeyError:  # the plugin manager has not discovered this plugin (a bare script)
+        return None
+
+
+def last_used_model() -> str | None:
+    """The key (built-in name or file path) of the model last used to segment; None if none."""
+    settings = _panel_settings()
+    return (settings.last_model or None) if settings is not None else None
+
+
+def remember_model(key: str) -> None:
+    """Keep ``key`` as the model the panel opens on next time (napari saves its settings file)."""
+    settings = _panel_settings()
+    if settings is not None and settings.last_model != key:
+        settings.last_model = key
 
 
 @dataclass(frozen=True)
@@ -34,6 +67,8 @@ class ModelPicker(Container):
     def __init__(self) -> None:
         self._files: list[Path] = []
         self._cache: dict[str, tuple[float, Checkpoint]] = {}
+        self.chosen_by_user = False  # once true, a new image no longer changes the preselected model
+        self._preselecting = False
         self.model = ComboBox(
             choices=self._choices, tooltip="Built-in models, your fine-tuned versions and loaded files"
         )
@@ -46,7 +81,7 @@ class ModelPicker(Container):
         self.margins = (0, 0, 0, 0)
         self.model.changed.connect(self._on_changed)
         self.load_button.changed.connect(self._on_load_clicked)
-        self._on_changed()
+        self.preselect(None)
 
     # -- the list
 
@@ -77,6 +112,23 @@ class ModelPicker(Container):
     def select(self, key: str) -> None:
         self.refresh()
         self.model.value = key
+        self.chosen_by_user = True
+
+    def preselect(self, image_kind: str | None) -> None:
+        """Choose the model last used, else the default, else the first listed, skipping models for another
+        kind of image than ``image_kind`` (``None``: any kind); unknown models fit any image."""
+        names = {entry.key: entry.name for entry in self.entries()}
+        order = [key for key in (last_used_model(), DEFAULT_MODEL) if key in names] + list(names)
+        fitting = [key for key in order if image_kind is None or model_imaging(names[key]) in (None, image_kind)]
+        before = self.model.value
+        if order:
+            self._preselecting = True
+            try:
+                self.model.value = (fitting or order)[0]
+            finally:
+                self._preselecting = False
+        if self.model.value == before:  # no change event: describe the model here
+            self._on_changed()
 
     def add_file(self, path: str | Path) -> ModelEntry:
         """Load a checkpoint file (:class:`CheckpointError` if unusable), list it and select it."""
@@ -117,7 +169,9 @@ class ModelPicker(Container):
 
     # -- events
 
-    def _on_changed(self, *_: object) -> None:
+    def _on_changed(self, *event: object) -> None:
+        if event and not self._preselecting:  # a change event not caused by preselect: the user's pick
+            self.chosen_by_user = True
         entry = self.current()
         if entry is None:
             self.info.value = "No model yet: load a checkpoint (.pt) file."

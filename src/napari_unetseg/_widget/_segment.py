@@ -1,4 +1,4 @@
-"""The Segment panel: run the chosen model over an image layer into a "<image> labels" layer."""
+"""The Segment panel: run the chosen model over an image layer into its "<image> labels (<model>)" layer."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from magicgui.widgets import CheckBox, Container, ProgressBar, PushButton, SpinB
 
 from ._jobs import JobFailed, SegmentOutcome, SegmentUpdate, segment_job
 from ._layers import Note, current_plane, find_layer, largest_label, notify, write_planes
+from ._models import remember_model
 
 if TYPE_CHECKING:
     from ._main import UNetSegWidget
@@ -70,11 +71,15 @@ class SegmentPanel(Container):
         if inputs is None:
             return
         layer, source, checkpoint = inputs
+        entry = host.models.current()
+        if entry is not None:
+            remember_model(entry.key)
         instance = checkpoint.info.mode == "instance"
         here = current_plane(host.viewer, source, layer)
         single = self.this_slice.value and bool(source.plane_shape)
         order = [here] if single else source.all_planes(first=here)
-        labels = host.owned.labels(source, np.dtype(np.uint32 if instance else np.uint8), clear=not single)
+        dtype = np.dtype(np.uint32 if instance else np.uint8)
+        labels = host.owned.labels(source, dtype, clear=not single, model=entry.name if entry is not None else None)
         done = self.segmented.setdefault(labels.unique_id, set())
         id_offset = 0
         if single:
@@ -116,6 +121,12 @@ class SegmentPanel(Container):
         layer = find_layer(self.host.viewer, self._target[0])
         if layer is None:
             return
+        if self.host.owned.edited(layer):  # painted in while the job ran: the layer is the user's now
+            if not self.runner.stopped:
+                notify("warning", f"You painted in '{layer.name}' while it was being segmented, so the "
+                       "segmentation stopped and left your strokes as they are.")
+                self.runner.stop()
+            return
         self.segmented.setdefault(layer.unique_id, set()).update(p.index for p in update.planes)
         write_planes(layer, [(p.index, p.labels) for p in update.planes])
         self._done = (update.done, update.total)
@@ -131,7 +142,7 @@ class SegmentPanel(Container):
             notify("error", outcome.message)
             return
         layer = find_layer(self.host.viewer, target[0]) if target else None
-        if layer is not None and outcome.stitched is not None:
+        if layer is not None and outcome.stitched is not None and not self.host.owned.edited(layer):
             layer.data = outcome.stitched
         seconds = self.runner.elapsed
         self.status.value = f"Done: {outcome.total} slice{'s' * (outcome.total != 1)} in {seconds:.1f} s."

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from ..options import DEFAULT_MODEL  # noqa: F401  (its home was here: re-exported)
 
 BUILTIN_DIR = Path(__file__).parent
-DEFAULT_MODEL = "nuclei"
 
 
 def builtin_names() -> list[str]:
@@ -31,6 +31,8 @@ def builtin_path(name: str) -> Path:
 def resolve_model(spec: str | os.PathLike) -> Checkpoint:
     """Load a checkpoint given a file path or the name of a built-in model."""
     path = Path(spec)
+    if path.suffix in (".pt", ".pth") and path.stem in builtin_names() and not path.exists():
+        raise CheckpointError(f"{spec}: no such checkpoint file (the built-in model is named {path.stem!r}, no suffix)")
     if path.suffix or path.exists() or os.sep in str(spec):
         return load_checkpoint(path)
     return _load_builtin(str(spec))
