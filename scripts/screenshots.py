@@ -71,8 +71,12 @@ def main() -> int:
     def shot(name: str, paused: bool = False) -> None:
         """Save a screenshot; ``paused``: hold the running job meanwhile (a mid-run picture)."""
         workers = [r.worker for r in (widget.segment.runner, widget.finetune.runner) if r.worker is not None]
-        for worker in workers if paused else []:
-            worker.pause()
+        if paused:
+            for worker in workers:
+                worker.pause()
+            # a pause takes effect at the job's next step; a resume before then is ignored, and the
+            # pending pause would then hold the job for good
+            wait_until(lambda: all(worker.is_paused for worker in workers) or not widget.busy())
         settle()
         viewer.screenshot(str(args.out / name), canvas_only=False)
         print("saved", args.out / name, flush=True)
