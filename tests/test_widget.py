@@ -504,7 +504,7 @@ def test_fine_tune_saves_a_version_selects_it_and_revert_goes_back(
     assert "Saved tiny-instance-ft1" in status and "improved on your held-out annotations: 0.50 -> 0.80" in status
     assert "object(s) added" in status and "against tiny-instance" in status  # what the preview changed
     assert len(widget.finetune.plot.losses) == 3
-    assert viewer.layers["cells labels"].data.shape == (96, 96)  # the live preview's output layer
+    assert viewer.layers["cells labels (fine-tuning tiny-instance)"].data.shape == (96, 96)  # the live preview
     np.testing.assert_array_equal(image_layer.data, image)
     painted[0:4, 0:4] = 9
     np.testing.assert_array_equal(annotation.data, painted)
@@ -653,21 +653,18 @@ def _launched_widget(viewer) -> UNetSegWidget:
 
 
 @pytest.mark.parametrize("size", [(1280, 800), (1800, 1100)])
-def test_unetseg_gui_opens_the_sample_fitted_to_the_canvas_with_the_widget_docked(qtbot, size):
-    from napari_unetseg._widget._launch import WIDGET, open_viewer
+def test_unetseg_gui_opens_the_sample_fitted_to_the_canvas_with_the_widget_docked(qtbot, make_napari_viewer, size):
+    from napari_unetseg._widget._launch import WIDGET, set_up_viewer
 
-    viewer = open_viewer(run=False, size=size)
-    try:
-        qtbot.wait(300)  # the event loop shows the window at its size
-        assert [layer.name for layer in viewer.layers] == ["nuclei 2D"]
-        docked = [name for name in viewer.window._dock_widgets]
-        assert any(WIDGET in name for name in docked), docked
-        canvas = np.asarray(viewer.canvas.size, float)  # (height, width)
-        shown = viewer.camera.zoom * np.asarray(viewer.layers["nuclei 2D"].data.shape, float)
-        assert (shown <= canvas).all() and shown.min() >= 0.85 * canvas.min(), (shown, canvas)  # whole, and large
-        np.testing.assert_allclose(viewer.camera.center[-2:], (127.5, 127.5), atol=1.0)
-    finally:
-        viewer.close()
+    viewer = set_up_viewer(make_napari_viewer(title="napari-unetseg", show=True), size=size)
+    qtbot.wait(300)  # the event loop shows the window at its size
+    assert [layer.name for layer in viewer.layers] == ["nuclei 2D"]
+    docked = [name for name in viewer.window._dock_widgets]
+    assert any(WIDGET in name for name in docked), docked
+    canvas = np.asarray(viewer.canvas.size, float)  # (height, width)
+    shown = viewer.camera.zoom * np.asarray(viewer.layers["nuclei 2D"].data.shape, float)
+    assert (shown <= canvas).all() and shown.min() >= 0.85 * canvas.min(), (shown, canvas)  # whole, and large
+    np.testing.assert_allclose(viewer.camera.center[-2:], (127.5, 127.5), atol=1.0)
 
 
 # ---------------------------------------------------------------------------- bad input and faults (issue 13)
@@ -682,7 +679,7 @@ def test_a_mask_opened_as_an_image_is_segmented_as_0_1_and_kept(qtbot, viewer_wi
     widget.segment.run()
     wait_idle(qtbot, widget)
     assert not [note for note in notes if note[0] == "error"], notes
-    labels = viewer.layers["mask labels"].data
+    labels = viewer.layers["mask labels (tiny-instance)"].data
     assert labels.max() >= 3 and ((labels > 0) == mask).mean() > 0.9
     np.testing.assert_array_equal(layer.data, mask)
 
@@ -698,7 +695,7 @@ def test_hot_pixels_leave_the_widget_result_unchanged(qtbot, viewer_widget, monk
         widget.image.value = viewer.add_image(data, name=name)
         widget.segment.run()
         wait_idle(qtbot, widget)
-        results.append(viewer.layers[f"{name} labels"].data > 0)
+        results.append(viewer.layers[f"{name} labels (tiny-instance)"].data > 0)
     assert results[0].any() and (results[0] == results[1]).mean() >= 0.99
 
 
@@ -769,26 +766,23 @@ def test_loading_a_bad_checkpoint_says_why_and_keeps_the_model(viewer_widget, no
     assert not Path("/tmp/unetseg-widget-pwned").exists()
 
 
-def test_first_segment_on_the_sample_uses_nuclei_and_finds_the_nuclei(qtbot):
+def test_first_segment_on_the_sample_uses_nuclei_and_finds_the_nuclei(qtbot, make_napari_viewer):
     """The new user's first click: the nuclei model is preselected, and Segment outlines the nuclei."""
-    from napari_unetseg._widget._launch import open_viewer
+    from napari.settings import get_plugin_settings
+
+    from napari_unetseg._widget._launch import set_up_viewer
     from napari_unetseg.metrics import object_matching
     from napari_unetseg.synthetic import sample_image_2d
 
-    viewer = open_viewer(run=False)
-    try:
-        widget = _launched_widget(viewer)
-        assert widget.models.current().label == "nuclei (built-in)"
-        widget.segment.run_button.clicked.emit()
-        wait_idle(qtbot, widget)
-        labels = viewer.layers["nuclei 2D labels (nuclei)"].data
-        assert object_matching(labels, sample_image_2d()[1])["f1"] > 0.8
-        assert _models.last_used_model() == "nuclei"
-        from napari.settings import get_plugin_settings
-
-        assert "last_model: nuclei" in get_plugin_settings("napari-unetseg").config_path.read_text()
-    finally:
-        viewer.close()
+    viewer = set_up_viewer(make_napari_viewer(title="napari-unetseg"))
+    widget = _launched_widget(viewer)
+    assert widget.models.current().label == "nuclei (built-in)"
+    widget.segment.run_button.clicked.emit()
+    wait_idle(qtbot, widget)
+    labels = viewer.layers["nuclei 2D labels (nuclei)"].data
+    assert object_matching(labels, sample_image_2d()[1])["f1"] > 0.8
+    assert _models.last_used_model() == "nuclei"
+    assert "last_model: nuclei" in get_plugin_settings("napari-unetseg").config_path.read_text()
 
 
 def em_like_section() -> np.ndarray:

@@ -239,7 +239,9 @@ class FineTunePanel(Container):
         if update.preview is not None:
             source = self._context["source"]
             dtype = np.uint32 if self._context["instance"] else np.uint8
-            labels = self.host.owned.labels(source, np.dtype(dtype), clear=False)
+            # a layer of its own, beside the start model's result, so the two can be compared
+            preview = f"fine-tuning {self._context['entry'].name}"
+            labels = self.host.owned.labels(source, np.dtype(dtype), clear=False, model=preview)
             write_planes(labels, [(update.preview.index, update.preview.labels)])
         if update.note:
             notify("warning", update.note)

@@ -13,12 +13,19 @@ def open_viewer(
 ):
     """Start napari showing ``image`` (or the plugin's ``sample``) with the widget docked.
 
-    ``run=False`` returns the viewer without entering the Qt event loop (for tests and scripts);
+    ``run=False`` returns the viewer without entering the Qt event loop (for scripts);
     ``size`` sets the window's (width, height).
     """
     import napari
 
-    viewer = napari.Viewer(title="napari-unetseg")
+    viewer = set_up_viewer(napari.Viewer(title="napari-unetseg"), image, sample, size)
+    if run:
+        napari.run()
+    return viewer
+
+
+def set_up_viewer(viewer, image: Path | None = None, sample: str = "nuclei-2d", size: tuple[int, int] | None = None):
+    """What ``unetseg gui`` does to a new viewer (tests pass one from napari's viewer fixture)."""
     if size is not None:
         viewer.window.resize(*size)
     if image is not None:
@@ -27,8 +34,6 @@ def open_viewer(
         viewer.open_sample(PLUGIN, sample)
     viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET)
     fit_to_canvas(viewer)
-    if run:
-        napari.run()
     return viewer
 
 
