@@ -91,7 +91,7 @@ class TrainConfig:
     validation_fraction: float = 0.15
     validate_every: int = 25
     validation_blocks: int = 32
-    distillation: float = 1.0
+    distillation: float = 3.0
     w0: float = 10.0
     sigma: float = 5.0
     separated_class: int | None = None
