@@ -39,8 +39,9 @@ from napari_unetseg.models import resolve_model
 from napari_unetseg.synthetic import synthetic_nuclei_2d
 from napari_unetseg.training import TrainConfig, Trainer
 
-DATA = Path(os.environ.get("UNETSEG_TEAM_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-CELLS3D = DATA / "cells3d-nuclei"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+from team_data import CELLS3D, require  # noqa: E402
+
 IN_FOCUS = slice(24, 41)
 STYLES = {"a": "whole objects", "b": "whole + background", "c": "strokes inside + background", "d": "corrected result"}
 
@@ -175,8 +176,8 @@ def left_half(shape: tuple[int, int]) -> np.ndarray:
 def cells3d_case(seed: int) -> Case:
     import tifffile
 
-    if not (CELLS3D / "nuclei.tif").is_file():
-        sys.exit(f"benchmark data missing: {CELLS3D}/nuclei.tif (set UNETSEG_TEAM_DATA, or use --data synthetic)")
+    require("benchmarks/finetune_nuclei.py", CELLS3D / "nuclei.tif", CELLS3D / "nuclei_label.tif",
+            skip_hint="--data synthetic runs without it")
     image = tifffile.imread(CELLS3D / "nuclei.tif")[IN_FOCUS].astype(np.float32)
     truth = tifffile.imread(CELLS3D / "nuclei_label.tif")[IN_FOCUS]
     z = (3 + 5 * seed) % len(image)

@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
         ("benchmarks/accuracy.py", [], "isbi2012/train-volume.tif"),
         ("benchmarks/accuracy.py", ["--skip", "em"], "cells3d-nuclei/nuclei.tif"),
         ("benchmarks/finetune.py", [], "isbi2012/train-volume.tif"),
+        ("benchmarks/finetune_nuclei.py", [], "cells3d-nuclei/nuclei.tif"),
         ("recipes/train_em_membranes.py", [], "isbi2012/train-volume.tif"),
     ],
 )
