@@ -238,9 +238,10 @@ def main() -> None:
     parser.add_argument("--init", default="nuclei", help="built-in model name or checkpoint path")
     parser.add_argument("--option", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                         help="a TrainConfig field for every run, e.g. --option distillation 0 (for experiments)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="PyTorch threads (default: all cores)")
     parser.add_argument("--json", type=Path, help="also write every row to this file")
     args = parser.parse_args()
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.set_num_threads(max(1, args.threads))
     parent = resolve_model(args.init)
     options = {name: json.loads(value) for name, value in args.option}
     print(f"# {args.init}, {args.seconds:.0f} s (at most {args.iterations} iterations) per fine-tune on the CPU "
