@@ -7,16 +7,22 @@ from pathlib import Path
 import pytest
 
 
+def run_python(code: str) -> None:
+    """Run ``code`` in a fresh interpreter and fail with its output unless it exits 0."""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_core_imports_without_napari_or_qt():
-    code = (
+    run_python(
         "import sys, napari_unetseg, napari_unetseg.inference, napari_unetseg.checkpoint, "
-        "napari_unetseg.postprocess, napari_unetseg.tiling, napari_unetseg.models;"
+        "napari_unetseg.postprocess, napari_unetseg.tiling, napari_unetseg.models, napari_unetseg.training, "
+        "napari_unetseg.training_data, napari_unetseg.validation, napari_unetseg.targets, napari_unetseg.metrics, "
+        "napari_unetseg.io, napari_unetseg.cli;"
         "bad = [m for m in sys.modules if m.split('.')[0] in "
         "('napari', 'qtpy', 'magicgui', 'PyQt5', 'PyQt6', 'PySide2', 'PySide6', 'vispy')];"
         "print(bad); sys.exit(1 if bad else 0)"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_package_import_is_light_and_public_names_resolve():
@@ -26,8 +32,7 @@ def test_package_import_is_light_and_public_names_resolve():
         "assert callable(p.segment) and callable(p.train) and p.UNet.__name__ == 'UNet';"
         "assert 'torch' in sys.modules"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout + result.stderr
+    run_python(code)
 
 
 def test_help_and_usage_errors_answer_without_loading_torch():
@@ -41,8 +46,7 @@ def test_help_and_usage_errors_answer_without_loading_torch():
         "heavy = [m for m in ('torch', 'onnxruntime', 'zarr', 'scipy', 'skimage') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout + result.stderr
+    run_python(code)
 
 
 def test_the_plugin_names_no_qt_binding_and_all_brings_one():
