@@ -314,6 +314,30 @@ def test_valid_padding_network_trains() -> None:
 # ---------------------------------------------------------------- fine-tuning
 
 
+def _norm_statistics(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items() if k.endswith(("running_mean", "running_var"))}
+
+
+def test_fine_tuning_keeps_the_parents_normalisation_statistics(tiny_instance_checkpoint: Path) -> None:
+    """A few painted patches must not overwrite what batch norm learned from the whole training set;
+    the scale and shift still train. A new network, or keep_norm_statistics=False, updates them."""
+    parent = load_checkpoint(tiny_instance_checkpoint)
+    image, annotation = blobs()
+    before = _norm_statistics(parent.model)
+    assert before
+    result = train(image, annotation, parent, **FAST)
+    after = _norm_statistics(result.model)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    trained = result.model.state_dict()
+    scales = [k for k, v in trained.items() if k.endswith(".weight") and v.ndim == 1]  # batch-norm scales
+    assert scales and any(not torch.equal(parent.model.state_dict()[k], trained[k]) for k in scales)
+    updated = _norm_statistics(train(image, annotation, parent, keep_norm_statistics=False, **FAST).model)
+    assert any(not torch.equal(before[k], updated[k]) for k in before)
+    scratch = _norm_statistics(train(image, annotation, None, base_channels=4, depth=2, **FAST).model)
+    means = [v for k, v in scratch.items() if k.endswith("running_mean")]
+    assert means and any(bool(v.abs().sum() > 0) for v in means)  # moved from their initial zeros
+
+
 def test_fine_tune_into_more_classes_keeps_the_body(tiny_semantic_checkpoint: Path) -> None:
     parent = load_checkpoint(tiny_semantic_checkpoint)
     image, instances = blobs()

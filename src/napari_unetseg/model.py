@@ -203,6 +203,21 @@ class UNet(nn.Module):
         """Parameters of the contracting path (first block and the down steps)."""
         return [*self.inc.parameters(), *self.downs.parameters()]
 
+    def train_keeping_statistics(self, encoder_only: bool = False) -> "UNet":
+        """Training mode, except that batch-norm layers (all, or the encoder's) keep their running
+        statistics and normalise with them, as at inference.
+
+        Fine-tuning samples its batches from a few painted patches: in training mode batch norm
+        would normalise with those patches' statistics and overwrite what it learned from the
+        whole training set. Their scale and shift parameters still train.
+        """
+        self.train()
+        for module in (self.inc, self.downs) if encoder_only else (self,):
+            for layer in module.modules():
+                if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+                    layer.eval()
+        return self
+
     def _check_valid_size(self, shape: torch.Size) -> None:
         for size in shape:
             if valid_output_size(int(size), self.depth) is None:

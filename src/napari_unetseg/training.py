@@ -67,7 +67,9 @@ class TrainConfig:
     pixels (whole planes with 4+ annotated planes) is held out and scored by mean IoU on at most
     ``validation_blocks`` blocks of 32x32 px. ``distillation``: weight of the parent's own
     predictions as soft targets on unpainted pixels when fine-tuning (0 = off), so that what the
-    model knows is kept where nothing is painted. ``freeze_encoder``: train only the
+    model knows is kept where nothing is painted. ``keep_norm_statistics``: when fine-tuning,
+    batch-norm layers keep the parent's running statistics (see
+    :meth:`~.model.UNet.train_keeping_statistics`). ``freeze_encoder``: train only the
     decoder (~1.4x faster on a CPU, but adapts less to new-looking images). ``cpu_bf16``:
     bfloat16 autocast on the CPU (~1.4x faster on CPUs with native bf16, slower elsewhere).
     ``separated_class`` (semantic mode): a label whose touching regions the other classes separate
@@ -92,6 +94,7 @@ class TrainConfig:
     validate_every: int = 25
     validation_blocks: int = 32
     distillation: float = 3.0
+    keep_norm_statistics: bool = True
     w0: float = 10.0
     sigma: float = 5.0
     separated_class: int | None = None
@@ -391,10 +394,12 @@ class Trainer:
     def _step(self) -> float:
         self._set_learning_rate()
         images, *maps = self._batch()
-        self.model.train()
-        if self.config.freeze_encoder:  # frozen BatchNorm layers keep their running statistics
-            self.model.inc.eval()
-            self.model.downs.eval()
+        if self.fine_tuning and self.config.keep_norm_statistics:
+            self.model.train_keeping_statistics()
+        elif self.config.freeze_encoder:  # a frozen encoder keeps its running statistics too
+            self.model.train_keeping_statistics(encoder_only=True)
+        else:
+            self.model.train()
         with torch.autocast(self.device.type, self.autocast_dtype, enabled=self.use_autocast):
             logits = self.model(images)
         loss = self._loss(logits, *maps)
