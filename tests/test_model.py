@@ -61,3 +61,19 @@ def test_bad_arguments_are_refused():
         UNet(upsampling="nearest")
     with pytest.raises(ValueError, match="norm"):
         UNet(norm="layer")
+
+
+def test_freezing_keeps_the_chosen_norm_layers_in_eval_mode_while_training() -> None:
+    model = UNet(base_channels=4, depth=2)
+    norms = lambda module: [m for m in module.modules() if isinstance(m, torch.nn.BatchNorm2d)]  # noqa: E731
+    encoder = norms(model.inc) + norms(model.downs)
+    decoder = [m for m in norms(model) if all(m is not e for e in encoder)]
+    assert encoder and decoder
+    model.freeze_encoder()
+    model.train()
+    assert not any(m.training for m in encoder) and all(m.training for m in decoder)
+    assert not any(p.requires_grad for p in model.encoder_parameters())
+    model.keep_norm_statistics()
+    assert not any(m.training for m in norms(model)) and model.training
+    model.unfreeze_encoder()
+    assert all(m.training for m in norms(model)) and all(p.requires_grad for p in model.parameters())

@@ -114,6 +114,9 @@ class Up(nn.Module):
         return self.conv(torch.cat([skip, up], dim=1))
 
 
+_NONE, _ENCODER, _ALL = 0, 1, 2  # whose batch-norm statistics stay fixed while training
+
+
 class UNet(nn.Module):
     """U-Net returning raw per-class logits ``(N, num_classes, H_out, W_out)``.
 
@@ -134,6 +137,7 @@ class UNet(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
+        self._frozen_statistics = _NONE
         if padding not in PADDING_MODES:
             raise ValueError(f"padding must be one of {PADDING_MODES}, got {padding!r}")
         if depth < 1:
@@ -203,19 +207,38 @@ class UNet(nn.Module):
         """Parameters of the contracting path (first block and the down steps)."""
         return [*self.inc.parameters(), *self.downs.parameters()]
 
-    def train_keeping_statistics(self, encoder_only: bool = False) -> "UNet":
-        """Training mode, except that batch-norm layers (all, or the encoder's) keep their running
-        statistics and normalise with them, as at inference.
+    def freeze_encoder(self) -> None:
+        """Stop training the contracting path: no gradients, and its batch-norm layers keep their
+        running statistics in training mode (see :meth:`train`)."""
+        for parameter in self.encoder_parameters():
+            parameter.requires_grad_(False)
+        self._frozen_statistics = max(self._frozen_statistics, _ENCODER)
+        self.train(self.training)
 
-        Fine-tuning samples its batches from a few painted patches: in training mode batch norm
-        would normalise with those patches' statistics and overwrite what it learned from the
-        whole training set. Their scale and shift parameters still train.
-        """
-        self.train()
-        for module in (self.inc, self.downs) if encoder_only else (self,):
-            for layer in module.modules():
-                if isinstance(layer, nn.modules.batchnorm._BatchNorm):
-                    layer.eval()
+    def unfreeze_encoder(self) -> None:
+        """Undo :meth:`freeze_encoder` and :meth:`keep_norm_statistics`."""
+        for parameter in self.parameters():
+            parameter.requires_grad_(True)
+        self._frozen_statistics = _NONE
+        self.train(self.training)
+
+    def keep_norm_statistics(self) -> None:
+        """Every batch-norm layer keeps its running statistics in training mode; scales and shifts
+        still train. Fine-tuning samples its batches from a few painted patches: normalising with
+        their statistics would overwrite what the layers learned from the whole training set."""
+        self._frozen_statistics = _ALL
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "UNet":
+        """``nn.Module.train``, leaving the batch-norm layers chosen by :meth:`freeze_encoder` or
+        :meth:`keep_norm_statistics` in evaluation mode."""
+        super().train(mode)
+        frozen = getattr(self, "_frozen_statistics", _NONE)
+        if mode and frozen:
+            for module in (self,) if frozen == _ALL else (self.inc, self.downs):
+                for layer in module.modules():
+                    if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+                        layer.eval()
         return self
 
     def _check_valid_size(self, shape: torch.Size) -> None:

@@ -69,7 +69,7 @@ class TrainConfig:
     predictions as soft targets on unpainted pixels when fine-tuning (0 = off), so that what the
     model knows is kept where nothing is painted. ``keep_norm_statistics``: when fine-tuning,
     batch-norm layers keep the parent's running statistics (see
-    :meth:`~.model.UNet.train_keeping_statistics`). ``freeze_encoder``: train only the
+    :meth:`~.model.UNet.keep_norm_statistics`). ``freeze_encoder``: train only the
     decoder (~1.4x faster on a CPU, but adapts less to new-looking images). ``cpu_bf16``:
     bfloat16 autocast on the CPU (~1.4x faster on CPUs with native bf16, slower elsewhere).
     ``separated_class`` (semantic mode): a label whose touching regions the other classes separate
@@ -320,9 +320,10 @@ class Trainer:
 
     def _setup_optimizer(self, new_network: bool) -> None:
         cfg = self.config
+        if self.fine_tuning and cfg.keep_norm_statistics:
+            self.model.keep_norm_statistics()
         if cfg.freeze_encoder:
-            for p in self.model.encoder_parameters():
-                p.requires_grad_(False)
+            self.model.freeze_encoder()
         self.base_lr = cfg.learning_rate or (1e-3 if new_network else 5e-4)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=self.base_lr, weight_decay=cfg.weight_decay)
@@ -394,12 +395,7 @@ class Trainer:
     def _step(self) -> float:
         self._set_learning_rate()
         images, *maps = self._batch()
-        if self.fine_tuning and self.config.keep_norm_statistics:
-            self.model.train_keeping_statistics()
-        elif self.config.freeze_encoder:  # a frozen encoder keeps its running statistics too
-            self.model.train_keeping_statistics(encoder_only=True)
-        else:
-            self.model.train()
+        self.model.train()
         with torch.autocast(self.device.type, self.autocast_dtype, enabled=self.use_autocast):
             logits = self.model(images)
         loss = self._loss(logits, *maps)
@@ -481,8 +477,7 @@ class Trainer:
         model = copy.deepcopy(self.model).cpu()
         if self.best_state is not None:
             model.load_state_dict(self.best_state)
-        for p in model.parameters():
-            p.requires_grad_(True)
+        model.unfreeze_encoder()
         return TrainResult(model.eval(), self._info(), list(self.history), self.best_iteration, self.stopped,
                            self.parent_score, self._verdict())
 
