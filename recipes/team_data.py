@@ -1,4 +1,5 @@
-"""The team's data sets, kept beside the clone in ``../shared/data``; they are not shipped (see docs/models.md, "Data").
+"""The team's data sets, kept beside the clone in ``../shared/data`` (or where ``UNETSEG_TEAM_DATA`` points);
+they are not shipped (see docs/models.md, "Data").
 
 * ``isbi2012/``: ``train-volume.tif`` and ``train-labels.tif``, the ISBI 2012 EM segmentation
   challenge training stack (30 slices of 512 x 512) and its membrane labels (Cardona et al. 2010).
@@ -11,10 +12,11 @@ the file and what it is (exit status 2), not with a FileNotFoundError traceback.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
+ROOT = Path(os.environ.get("UNETSEG_TEAM_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 ISBI2012 = ROOT / "isbi2012"
 CELLS3D = ROOT / "cells3d-nuclei"
 _WHAT = {ISBI2012: "the ISBI 2012 EM training stack and labels", CELLS3D: "the cells3d nuclei stack and labels"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,8 @@ import torch
 from napari_unetseg.checkpoint import ModelInfo, save_checkpoint
 from napari_unetseg.model import UNet
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+#: The team data (see recipes/team_data.py): ``UNETSEG_TEAM_DATA``, else ``../shared/data`` beside the clone.
+SHARED_DATA = Path(os.environ.get("UNETSEG_TEAM_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 
 
 def tiny_unet(num_classes: int = 3, depth: int = 2, seed: int = 0, **kwargs) -> UNet:

@@ -79,7 +79,7 @@ def test_em_model_separates_membranes_on_an_isbi_slice():
     """A sanity check on a slice the model saw in training; test slices 25-29 are for the recipe's report."""
     path = SHARED_DATA / "isbi2012" / "train-volume.tif"
     if not path.exists():
-        pytest.skip("team data not present")
+        pytest.skip(f"team data not present in {SHARED_DATA} (set UNETSEG_TEAM_DATA)")
     image = tifffile.imread(path)[22]
     truth = tifffile.imread(SHARED_DATA / "isbi2012" / "train-labels.tif")[22]
     labels = segment(image, "em-membranes", device="cpu")

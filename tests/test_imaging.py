@@ -37,6 +37,6 @@ def test_flat_or_unclear_planes_are_left_open():
 def test_real_data_when_present():
     em, nuclei = SHARED_DATA / "isbi2012" / "train-volume.tif", SHARED_DATA / "cells3d-nuclei" / "nuclei.tif"
     if not (em.exists() and nuclei.exists()):
-        pytest.skip("team data not present")
+        pytest.skip(f"team data not present in {SHARED_DATA} (set UNETSEG_TEAM_DATA)")
     assert all(image_imaging(plane) == ELECTRON_MICROSCOPY for plane in tifffile.imread(em)[::5])
     assert all(image_imaging(plane) == FLUORESCENCE for plane in tifffile.imread(nuclei)[20:45:4])

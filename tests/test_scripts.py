@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -26,8 +27,9 @@ def test_a_script_without_the_team_data_ends_with_one_clear_line(tmp_path, scrip
     clone = tmp_path / "clone"  # a clone with no ../shared/data beside it
     for folder in ("benchmarks", "recipes"):
         shutil.copytree(ROOT / folder, clone / folder)
+    env = {k: v for k, v in os.environ.items() if k != "UNETSEG_TEAM_DATA"}
     result = subprocess.run([sys.executable, str(clone / script), *args], capture_output=True, text=True,
-                            cwd=tmp_path, timeout=300)
+                            cwd=tmp_path, timeout=300, env=env)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"{script}: error: needs "), result.stderr
