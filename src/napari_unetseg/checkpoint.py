@@ -45,6 +45,9 @@ class ModelInfo:
     ``decision_weights``: semantic models only, one factor per class applied to the probabilities
     before the arg-max (e.g. ``[0.35, 0.65]`` calls class 1 where its probability exceeds 0.65),
     chosen on held-out data; ``None`` is the plain arg-max.
+    ``object_diameter``: instance models only, the typical object diameter (pixels) the model was
+    trained on, to which 3D segmentation rescales a stack's objects; ``None``: not recorded (see
+    :data:`~.volume.DEFAULT_MODEL_DIAMETER`).
     """
 
     mode: str = "instance"
@@ -56,6 +59,7 @@ class ModelInfo:
     created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     format_version: int = FORMAT_VERSION
     decision_weights: list[float] | None = None
+    object_diameter: float | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

@@ -78,6 +78,23 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _voxel_size(text: str) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or not all(value > 0 for value in values):
+        raise argparse.ArgumentTypeError(f"expected three positive numbers Z,Y,X such as 2,0.5,0.5, got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def _diameter(text: str) -> float | str | None:
+    if text == "auto":
+        return "auto"
+    value = _positive_float(text) if text.strip() not in ("0", "0.0") else 0.0
+    return value or None
+
+
 def _class_pair(text: str) -> tuple[int, int]:
     """``"2,255"`` -> (2, 255) (prediction value, truth value); ``"2"`` -> (2, 2)."""
     parts = text.split(",")
@@ -247,7 +264,16 @@ def _add_segment(commands: argparse._SubParsersAction) -> None:
         help="axis order of the inputs, e.g. YX, ZYX, TZYX, YXC, CZYX (C = channel); default: as "
         "stored in the file, else inferred (Z before YX, T before Z, a last axis of 3 or 4 is RGB)",
     )
-    parser.add_argument("--stitch-z", action="store_true", help="link objects across Z slices into 3D objects")
+    parser.add_argument("--stitch-z", action="store_true",
+                        help="one id per 3D object: XY, XZ and YZ planes through the network, then 3D watershed")
+    parser.add_argument("--z-method", choices=["consensus", "linking"], default="consensus",
+                        help="with --stitch-z: consensus (default) or linking each plane's objects to the plane before "
+                             "(what the cluster path does)")
+    parser.add_argument("--voxel-size", type=_voxel_size, metavar="Z,Y,X",
+                        help="voxel size along Z, Y and X (any unit) for --stitch-z; default: cubic voxels")
+    parser.add_argument("--diameter", type=_diameter, default="auto", metavar="PX|auto",
+                        help="object diameter in pixels for --stitch-z: stacks with larger objects are shrunk to the "
+                             "model's size (default auto: measured from a first pass; 0 keeps the stack's scale)")
     cluster = parser.add_mutually_exclusive_group()
     cluster.add_argument(
         "--scheduler", metavar="ADDRESS",
@@ -366,8 +392,11 @@ def _segment_into(
         "precision": args.precision, "backend": args.backend, "stitch_z": args.stitch_z, "progress": progress,
     }
     if client is None:
-        segment(read_image(src), checkpoint, out=out, **options)
+        segment(read_image(src), checkpoint, out=out, z_method=args.z_method, voxel_size=args.voxel_size,
+                diameter=args.diameter, **options)
         return
+    if args.stitch_z and args.z_method == "consensus":
+        print("unetseg: on a cluster, objects are linked plane to plane (--z-method linking)", file=sys.stderr)
     from .distributed import segment_distributed
 
     segment_distributed(src, out, checkpoint, client, **options)

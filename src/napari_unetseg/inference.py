@@ -32,6 +32,8 @@ from .synthetic import synthetic_nuclei_2d
 from .tiling import TilePlan, plan_tiles
 
 SPATIAL_AXES = "YX"
+#: How ``segment(stitch_z=True)`` makes 3D objects: XY/XZ/YZ consensus (:mod:`.volume`) or plane-to-plane linking.
+Z_METHODS = ("consensus", "linking")
 KNOWN_AXES = "TZCYX"
 
 
@@ -374,6 +376,9 @@ def segment(
     precision: str = "auto",
     backend: str = "torch",
     stitch_z: bool = False,
+    z_method: str = "consensus",
+    voxel_size: Sequence[float] | None = None,
+    diameter: float | str | None = "auto",
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     out: Any = None,
@@ -381,7 +386,11 @@ def segment(
     """Labels for ``image`` with the image's shape minus any channel axis.
 
     ``instance`` models give uint32 object ids unique in the whole result; ``semantic`` models a
-    class map (label k = class k). ``stitch_z`` links objects across Z slices. ``progress(done,
+    class map (label k = class k). ``stitch_z`` (instance models) gives one id per 3D object: each
+    (Z, Y, X) stack goes through :func:`~.volume.segment_stack` (XY, XZ and YZ planes, rescaled by
+    ``voxel_size`` (Z, Y, X) and the objects' ``diameter`` in pixels, ``"auto"`` to measure it);
+    ids are unique in the whole result, 1..N. ``z_method="linking"`` instead links each plane's
+    objects to the plane before, as the cluster path does (:mod:`.distributed`). ``progress(done,
     total)`` is called after each batch; ``should_stop()`` is checked between batches and raises
     :class:`SegmentationCancelled` when true.
 
@@ -398,7 +407,12 @@ def segment(
         out = np.zeros(shape, dtype)
     elif tuple(out.shape) != shape:
         raise ValueError(f"the output has shape {tuple(out.shape)}, the labels of this image need {shape}")
+    if z_method not in Z_METHODS:
+        raise ValueError(f"z_method must be one of {', '.join(Z_METHODS)}, got {z_method!r}")
     stitch = stitch_z and "Z" in layout.plane_axes and checkpoint.info.mode == "instance"
+    if stitch and z_method == "consensus":
+        predictor = PlanePredictor(checkpoint, device, batch_size, tile_size, precision, backend)
+        return _segment_stacks(image, layout, predictor, out, voxel_size, diameter, progress, should_stop)
     z_axis = layout.plane_axes.index("Z") if stitch else None
     for step in iter_segment(
         image,
@@ -416,4 +430,31 @@ def segment(
             progress(step.done, step.total)
         if should_stop is not None and should_stop() and step.done < step.total:
             raise SegmentationCancelled
+    return out
+
+
+def _segment_stacks(
+    image: Any, layout: AxesLayout, predictor: PlanePredictor, out: Any, voxel_size: Sequence[float] | None,
+    diameter: float | str | None, progress: Callable[[int, int], None] | None,
+    should_stop: Callable[[], bool] | None,
+) -> Any:
+    """3D objects of each (Z, Y, X) stack of ``image`` (one per T index), ids continuing from stack to stack."""
+    from .volume import segment_stack  # local: volume's type hints name PlanePredictor
+
+    if predictor.network.in_channels != 1:
+        raise ValueError("3D objects need a model with one input channel; use z_method='linking'")
+    z_axis = layout.plane_axes.index("Z")
+    lead_shape = tuple(image.shape[layout.axes.index(a)] for a in layout.plane_axes if a != "Z")
+    depth = image.shape[layout.axes.index("Z")]
+    next_id = 0
+    for done, lead in enumerate(np.ndindex(*lead_shape)):
+        planes = [_read_plane(image, layout, lead[:z_axis] + (z,) + lead[z_axis:]) for z in range(depth)]
+        stack = np.stack([np.nanmean(p.astype(np.float32), axis=0) for p in planes])  # channels averaged
+        labels, _ = segment_stack(stack, predictor, voxel_size=voxel_size, diameter=diameter, should_stop=should_stop)
+        labels[labels > 0] += np.uint32(next_id)
+        next_id = max(next_id, int(labels.max()))
+        selector = lead[:z_axis] + (slice(None),) + lead[z_axis:]
+        out[selector] = labels
+        if progress is not None:
+            progress(done + 1, max(1, int(np.prod(lead_shape))))
     return out
