@@ -561,6 +561,8 @@ def _run_train(args: argparse.Namespace) -> int:
         result = train(image, labels, parent, config, progress=report)
     finally:
         bar.close()
+    if parent is not None and Path(args.init).is_file():  # the name alone may not find it again ('models --history')
+        result.info.training["parent_file"] = str(Path(args.init).absolute())
     args.output.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(args.output, result.model, result.info, overwrite=args.overwrite)
     if not args.quiet:
