@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import shlex
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,14 @@ NO_INPUT = "IMAGE.tif"
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MiB blocks (checkpoints are several MB)."""
+    """Hex sha256 of a file's bytes; computed once per file version (a folder of inputs hashes the model once)."""
+    stat = os.stat(path)
+    return _sha256(str(Path(path).absolute()), stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=16)
+def _sha256(path: str, mtime_ns: int, size: int) -> str:
+    """The hash of ``path`` as it was at ``mtime_ns`` with ``size`` bytes, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
