@@ -114,6 +114,8 @@ class SegmentPanel(Container):
             device=parameters["device"],
             batch_size=parameters["batch_size"],
             tile_size=parameters["tile_size"],
+            precision=parameters["precision"],
+            backend=parameters["backend"],
             order=order,
             id_offset=id_offset,
             stitch_axis=out_axes.index("Z") if stitch else None,
