@@ -109,6 +109,19 @@ def test_a_stack_records_its_axes_and_z_linking(tmp_path):
     assert words[words.index("--model") + 1] == str(checkpoint) and "--stitch-z" in words
 
 
+@pytest.mark.parametrize("name", ["big.tif", "big.zarr"])
+def test_results_streamed_through_a_zarr_store_keep_their_record(tmp_path, name):
+    """The path of results too large for memory: planes go to a store, then (for a TIFF) into the file."""
+    from napari_unetseg.io import labels_output
+
+    record = {"model": "nuclei", "command": "unetseg segment 'a b.tif' -o big.tif"}
+    with labels_output(tmp_path / name, (3, 16, 16), np.uint32, in_memory=False, metadata={RECORD_KEY: record}) as out:
+        out[1] = 7
+    assert read_record(tmp_path / name) == record
+    assert np.asarray(read_image(tmp_path / name))[1].max() == 7
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
 def test_files_without_a_record_read_as_none(tmp_path):
     plain = tmp_path / "plain.tif"
     tifffile.imwrite(plain, np.zeros((8, 8), np.uint8))
