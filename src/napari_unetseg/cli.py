@@ -402,11 +402,20 @@ def _segment_into(
     segment_distributed(src, out, checkpoint, client, **options)
 
 
+def _engine_parameters(args: argparse.Namespace, device: Any, layout: AxesLayout, shape: Sequence[int]) -> dict:
+    """The options of one input's segmentation, as recorded in its output's provenance."""
+    return {
+        "device": str(device), "precision": args.precision, "backend": args.backend, "tile_size": args.tile_size,
+        "batch_size": args.batch_size, "axes": layout.axes, "stitch_z": args.stitch_z, "shape": list(shape),
+    }
+
+
 def _run_segment(args: argparse.Namespace) -> int:
     from .device import get_device
     from .inference import labels_spec, parse_axes
     from .io import ImageReadError, labels_output, probe_image
     from .normalize import check_image
+    from .provenance import RECORD_KEY, make_record
 
     infos = [probe_image(src) for src in args.inputs]
     layouts = []
@@ -423,14 +432,17 @@ def _run_segment(args: argparse.Namespace) -> int:
     sizes = [math.prod(s) * d.itemsize for s, d in specs]
     jobs = _plan_outputs(args.inputs, args.output, args.overwrite, sizes, _model_file(checkpoint))
     with _cluster_client(args) as client:
-        for number, ((src, dst), layout, (shape, dtype)) in enumerate(zip(jobs, layouts, specs), start=1):
+        for number, ((src, dst), layout, info, (shape, dtype)) in enumerate(zip(jobs, layouts, infos, specs), 1):
             started = time.monotonic()
+            record = make_record(checkpoint, _engine_parameters(args, device, layout, info.shape), src, dst)
             label = src.name if len(jobs) == 1 else f"({number}/{len(jobs)}) {src.name}"
             bar = ProgressBar(label, sys.stderr, enabled=not args.quiet)
             # cluster workers write into a store; in this process small results stay in memory
             in_memory = False if client is not None else None
             try:
-                with labels_output(dst, shape, dtype, overwrite=args.overwrite, in_memory=in_memory) as out:
+                with labels_output(
+                    dst, shape, dtype, overwrite=args.overwrite, in_memory=in_memory, metadata={RECORD_KEY: record}
+                ) as out:
                     _segment_into(out, src, layout, checkpoint, client, device, args, bar)
             except ImageReadError:
                 raise
@@ -578,6 +590,8 @@ def _run_train(args: argparse.Namespace) -> int:
         result = train(image, labels, parent, config, progress=report)
     finally:
         bar.close()
+    if parent is not None and Path(args.init).is_file():  # the name alone may not find it again ('models --history')
+        result.info.training["parent_file"] = str(Path(args.init).absolute())
     args.output.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(args.output, result.model, result.info, overwrite=args.overwrite)
     if not args.quiet:
@@ -609,19 +623,30 @@ def _print_painting_advice(labels: Any, mode: str | None, parent: Checkpoint | N
 def _add_models(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "models",
-        help="list the built-in models",
+        help="list the built-in models, or the ancestry of a fine-tuned one",
         description=(
             "List the models shipped with napari-unetseg: name, mode, classes, size, training data, metrics. "
-            f"The default model ({DEFAULT_MODEL}, used when --model is not given) is marked [default]."
+            f"The default model ({DEFAULT_MODEL}, used when --model is not given) is marked [default]. "
+            "With --history, show the chain of models a fine-tuned checkpoint descends from instead."
         ),
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument(
+        "--history", metavar="NAME_OR_PATH",
+        help="a checkpoint file, built-in model or saved version (e.g. nuclei-ft2): show its parent chain",
+    )
     parser.set_defaults(run=_run_models)
 
 
 def _run_models(args: argparse.Namespace) -> int:
     from .models import list_models
 
+    if args.history is not None:
+        from .provenance import format_history, model_history
+
+        chain = model_history(args.history)
+        print(json.dumps(chain, indent=2) if args.json else "\n".join(format_history(chain)))
+        return 0
     rows = [{**row, "default": row["name"] == DEFAULT_MODEL} for row in list_models()]
     if args.json:
         print(json.dumps(rows, indent=2))

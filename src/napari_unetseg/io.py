@@ -194,13 +194,20 @@ def _refuse_existing(path: Path, overwrite: bool) -> None:
 
 
 @contextmanager
-def _staged_zarr(path: Path, shape: Sequence[int], dtype: Any, overwrite: bool) -> Iterator[zarr.Array]:
-    """A labels zarr under a hidden name beside ``path`` that takes the name ``path`` if the block succeeds."""
+def _staged_zarr(
+    path: Path, shape: Sequence[int], dtype: Any, overwrite: bool, metadata: dict[str, Any] | None = None
+) -> Iterator[zarr.Array]:
+    """A labels zarr under a hidden name beside ``path`` that takes the name ``path`` if the block succeeds.
+
+    ``metadata`` goes into the array's attributes before the store takes its name.
+    """
     _refuse_existing(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
     try:
-        yield create_labels_zarr(tmp, shape, dtype)
+        array = create_labels_zarr(tmp, shape, dtype)
+        yield array
+        array.attrs.update(metadata or {})
         _move_store_into_place(tmp, path, overwrite)
     except BaseException as exc:
         raise_naming(exc, path)
@@ -234,6 +241,7 @@ def labels_output(
     *,
     overwrite: bool = False,
     in_memory: bool | None = None,
+    metadata: dict[str, Any] | None = None,
 ) -> Iterator[np.ndarray | zarr.Array]:
     """An all-zero array to fill with labels that becomes the file ``path`` when the block ends without error.
 
@@ -241,10 +249,11 @@ def labels_output(
     up to :data:`LARGE_RESULT_BYTES` are held in memory (``in_memory`` decides otherwise); larger
     ones go to a temporary zarr store beside ``path`` (so cluster workers that see ``path`` see
     it too), copied into the TIFF plane by plane at the end. On error nothing is left at ``path``.
+    ``metadata`` is stored with the labels, as in :func:`write_labels`.
     """
     path = Path(path)
     if _zarr_name(path):
-        with _staged_zarr(path, shape, dtype, overwrite) as out:
+        with _staged_zarr(path, shape, dtype, overwrite, metadata) as out:
             yield out
         return
     _refuse_existing(path, overwrite)
@@ -253,23 +262,27 @@ def labels_output(
     if in_memory:
         out = np.zeros(tuple(shape), dtype)
         yield out
-        write_labels(path, out, overwrite=overwrite)
+        write_labels(path, out, overwrite=overwrite, metadata=metadata)
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as folder:
         out = create_labels_zarr(Path(folder) / f"labels{ZARR_SUFFIX}", shape, dtype)
         yield out
-        write_labels(path, out, overwrite=overwrite)
+        write_labels(path, out, overwrite=overwrite, metadata=metadata)
 
 
-def write_labels(path: str | os.PathLike, labels: Any, overwrite: bool = False) -> Path:
+def write_labels(
+    path: str | os.PathLike, labels: Any, overwrite: bool = False, metadata: dict[str, Any] | None = None
+) -> Path:
     """Write a label image atomically as a zlib-compressed TIFF, or as zarr if ``path`` ends in ``.zarr``.
 
     Refuses to replace a file unless ``overwrite``. The data goes to a hidden temporary file in
     the same folder, which then takes the final name in one step, so readers never see a partial
     file and a failure leaves nothing behind. ``labels`` may be any array-like (numpy, zarr, dask):
     one 2D plane is read at a time unless it is a numpy array already. In a TIFF each plane
-    becomes one page; BigTIFF is used for images near or above 2 GiB.
+    becomes one page; BigTIFF is used for images near or above 2 GiB. ``metadata`` (JSON-able
+    values by key, e.g. the provenance record) goes into the zarr attributes, or into the TIFF's
+    ImageDescription as tifffile's JSON metadata (read back by ``TiffFile.shaped_metadata``).
     """
     path = Path(path)
     if not hasattr(labels, "dtype"):
@@ -280,7 +293,7 @@ def write_labels(path: str | os.PathLike, labels: Any, overwrite: bool = False) 
     if len(shape) < 2:
         raise ValueError(f"labels need at least 2 dimensions (Y, X), got shape {shape}")
     if _zarr_name(path):
-        with _staged_zarr(path, shape, dtype, overwrite) as out:
+        with _staged_zarr(path, shape, dtype, overwrite, metadata) as out:
             for index in np.ndindex(*shape[:-2]):
                 out[index] = np.asarray(labels[index])
         return path
@@ -297,6 +310,7 @@ def write_labels(path: str | os.PathLike, labels: Any, overwrite: bool = False) 
             photometric="minisblack",
             compression="zlib",
             bigtiff=math.prod(shape) * dtype.itemsize >= BIGTIFF_THRESHOLD_BYTES,
+            metadata=dict(metadata or {}),
             **layout,
         )
     return path

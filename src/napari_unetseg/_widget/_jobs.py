@@ -78,6 +78,8 @@ def segment_job(
     order: Sequence[tuple[int, ...]],
     id_offset: int = 0,
     stitch_axis: int | None = None,
+    precision: str = "auto",
+    backend: str = "torch",
 ) -> Generator[SegmentUpdate, None, SegmentOutcome | JobFailed]:
     """Segment the planes in ``order``; on out-of-memory, go on with half the batch size.
 
@@ -99,6 +101,8 @@ def segment_job(
                 device=device,
                 batch_size=batch_size,
                 tile_size=tile_size,
+                precision=precision,
+                backend=backend,
                 plane_order=remaining,
             ):
                 for plane in step.planes:

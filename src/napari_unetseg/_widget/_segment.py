@@ -8,7 +8,8 @@ import numpy as np
 from magicgui.widgets import CheckBox, Container, ProgressBar, PushButton, SpinBox
 
 from ._jobs import JobFailed, SegmentOutcome, SegmentUpdate, segment_job
-from ._layers import Note, current_plane, find_layer, largest_label, notify, write_planes
+from ..provenance import make_record
+from ._layers import METADATA_KEY, Note, current_plane, find_layer, largest_label, notify, write_planes
 from ._models import remember_model
 
 if TYPE_CHECKING:
@@ -16,7 +17,8 @@ if TYPE_CHECKING:
 
 
 class SegmentPanel(Container):
-    """Segment button, "this slice only", advanced options (batch, tile, Z-linking), progress and Cancel."""
+    """Segment button, "this slice only", advanced options (batch, tile, Z-linking), progress, Cancel and
+    Copy command (the ``unetseg segment`` call that makes the selected result again)."""
 
     def __init__(self, host: UNetSegWidget) -> None:
         self.host = host
@@ -45,9 +47,14 @@ class SegmentPanel(Container):
         self.advanced = Container(widgets=[self.batch_size, self.tile_size, self.stitch_z], visible=False)
         self.run_button = PushButton(text="Segment")
         self.cancel_button = PushButton(text="Cancel")
+        self.copy_button = PushButton(
+            text="Copy command", tooltip="Copy the 'unetseg segment' command that makes the selected result again"
+        )
         self.progress = ProgressBar(value=0, min=0, max=1)
         self.status = Note()
-        buttons = Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False)
+        buttons = Container(
+            widgets=[self.run_button, self.cancel_button, self.copy_button], layout="horizontal", labels=False
+        )
         buttons.margins = (0, 0, 0, 0)
         super().__init__(
             widgets=[self.this_slice, self.show_advanced, self.advanced, buttons, self.progress, self.status],
@@ -57,6 +64,7 @@ class SegmentPanel(Container):
         self.runner = host.make_runner(self.progress, self.status, [self.run_button], self.cancel_button)
         self.show_advanced.changed.connect(self._toggle_advanced)
         self.run_button.changed.connect(self.run)
+        self.copy_button.changed.connect(self.copy_command)
         self._target: tuple[Any, Any, str] | None = None  # labels layer id, image layer id, image name
         self._done = (0, 0)  # planes done, total of the running job
         self.segmented: dict[Any, set[tuple[int, ...]]] = {}  # labels layer id -> planes segmented
@@ -92,13 +100,22 @@ class SegmentPanel(Container):
         if stitch and not isinstance(labels.data, np.ndarray):  # the job links in memory: not for a zarr layer
             stitch = False
             notify("info", "Objects are not linked across Z for results this large; 'unetseg segment --stitch-z' can.")
+        parameters = {
+            "device": host.device.value, "precision": "auto", "backend": "torch", "tile_size": self.tile_size.value,
+            "batch_size": self.batch_size.value, "axes": source.axes,
+            "stitch_z": stitch, "shape": list(source.data.shape), **({"slice": list(here)} if single else {}),
+        }
+        record = make_record(checkpoint, parameters, getattr(layer.source, "path", None))
+        labels.metadata[METADATA_KEY] = {**labels.metadata.get(METADATA_KEY, {}), **record}
         job = segment_job(
             source.data,
             checkpoint,
             axes=source.axes,
-            device=host.device.value,
-            batch_size=self.batch_size.value,
-            tile_size=self.tile_size.value,
+            device=parameters["device"],
+            batch_size=parameters["batch_size"],
+            tile_size=parameters["tile_size"],
+            precision=parameters["precision"],
+            backend=parameters["backend"],
             order=order,
             id_offset=id_offset,
             stitch_axis=out_axes.index("Z") if stitch else None,
@@ -114,6 +131,18 @@ class SegmentPanel(Container):
             on_return=self._on_outcome,
             on_finish=self._on_finished,
         )
+
+    def copy_command(self, *_: object) -> None:
+        """Put the command recorded in the selected result layer on the clipboard."""
+        from qtpy.QtWidgets import QApplication
+
+        layer = self.host.viewer.layers.selection.active
+        command = (getattr(layer, "metadata", None) or {}).get(METADATA_KEY, {}).get("command")
+        if command is None:
+            notify("info", "Select a layer made by Segment to copy the command that makes it again.")
+            return
+        QApplication.clipboard().setText(command)
+        notify("info", f"Copied to the clipboard: {command}")
 
     def _on_update(self, update: SegmentUpdate) -> None:
         if self._target is None:
