@@ -188,6 +188,8 @@ def _tifffile_warnings() -> Iterator[None]:
 
 
 def _add_segment(commands: argparse._SubParsersAction) -> None:
+    from .cli_measure import add_scale_options
+
     parser = commands.add_parser(
         "segment",
         help="segment TIFF or zarr images, here or on a dask cluster, writing one label image per input",
@@ -204,6 +206,7 @@ def _add_segment(commands: argparse._SubParsersAction) -> None:
             "  unetseg segment stack.tif -o stack_labels.tif --axes ZYX --stitch-z\n"
             "  unetseg segment cells.tif -o cells_labels.tif --model cells-ft1.pt   # a checkpoint file\n"
             "  unetseg segment volume.ome.zarr -o volume_labels.zarr --workers 4\n"
+            "  unetseg segment a.tif b.tif -o results/ --measurements tables/   # also tables/a_measurements.csv, ...\n"
             "  unetseg segment volume.ome.zarr -o volume_labels.zarr --scheduler tcp://10.0.0.5:8786\n"
             "\n"
             "'unetseg models' lists the built-in model names."
@@ -248,6 +251,12 @@ def _add_segment(commands: argparse._SubParsersAction) -> None:
         "stored in the file, else inferred (Z before YX, T before Z, a last axis of 3 or 4 is RGB)",
     )
     parser.add_argument("--stitch-z", action="store_true", help="link objects across Z slices into 3D objects")
+    parser.add_argument(
+        "--measurements", type=Path, metavar="CSV|FOLDER",
+        help="also write a table of the objects (see 'unetseg measure'): this .csv for a single input, or "
+        "<name>_measurements.csv per input in this folder",
+    )
+    add_scale_options(parser)
     cluster = parser.add_mutually_exclusive_group()
     cluster.add_argument(
         "--scheduler", metavar="ADDRESS",
@@ -374,9 +383,10 @@ def _segment_into(
 
 
 def _run_segment(args: argparse.Namespace) -> int:
+    from .cli_measure import image_for_measuring, make_table, plan_segment_measurements, write_table
     from .device import get_device
     from .inference import labels_spec, parse_axes
-    from .io import ImageReadError, labels_output, probe_image
+    from .io import ImageReadError, labels_output, probe_image, read_image
     from .normalize import check_image
 
     infos = [probe_image(src) for src in args.inputs]
@@ -393,8 +403,11 @@ def _run_segment(args: argparse.Namespace) -> int:
     specs = [labels_spec(info.shape, layout, checkpoint.info.mode) for info, layout in zip(infos, layouts)]
     sizes = [math.prod(s) * d.itemsize for s, d in specs]
     jobs = _plan_outputs(args.inputs, args.output, args.overwrite, sizes, _model_file(checkpoint))
+    tables = plan_segment_measurements(args, jobs, [layout.output_axes() for layout in layouts], _model_file(checkpoint))
     with _cluster_client(args) as client:
-        for number, ((src, dst), layout, (shape, dtype)) in enumerate(zip(jobs, layouts, specs), start=1):
+        for number, ((src, dst), layout, (shape, dtype), table_path) in enumerate(
+            zip(jobs, layouts, specs, tables), start=1
+        ):
             started = time.monotonic()
             label = src.name if len(jobs) == 1 else f"({number}/{len(jobs)}) {src.name}"
             bar = ProgressBar(label, sys.stderr, enabled=not args.quiet)
@@ -403,6 +416,9 @@ def _run_segment(args: argparse.Namespace) -> int:
             try:
                 with labels_output(dst, shape, dtype, overwrite=args.overwrite, in_memory=in_memory) as out:
                     _segment_into(out, src, layout, checkpoint, client, device, args, bar)
+                    if table_path is not None:  # measured before the labels are written; written after them
+                        image = image_for_measuring(read_image(src), layout.axes)
+                        table = make_table(out, image, layout.output_axes(), args, str(src))
             except ImageReadError:
                 raise
             except ValueError as exc:  # e.g. the model needs another number of channels
@@ -412,6 +428,8 @@ def _run_segment(args: argparse.Namespace) -> int:
             if not args.quiet:
                 shape_text = "x".join(map(str, shape))
                 print(f"wrote {dst} ({shape_text} {dtype}, {time.monotonic() - started:.1f}s)", file=sys.stderr)
+            if table_path is not None:
+                write_table(table, table_path, args)
     return 0
 
 
@@ -574,6 +592,15 @@ def _print_painting_advice(labels: Any, mode: str | None, parent: Checkpoint | N
         print(f"note: {advice}", file=sys.stderr)
 
 
+# --------------------------------------------------------------------------- measure
+
+
+def _add_measure(commands: argparse._SubParsersAction) -> None:
+    from .cli_measure import add_measure  # imported here: that module builds on this one's helpers
+
+    add_measure(commands)
+
+
 # --------------------------------------------------------------------------- models
 
 
@@ -659,7 +686,7 @@ def _run_devices(args: argparse.Namespace) -> int:
 
 #: Each adds one sub-command to the parser; see the module docstring.
 COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
-    _add_segment, _add_train, _add_evaluate, _add_models, _add_devices, _add_gui
+    _add_segment, _add_train, _add_evaluate, _add_measure, _add_models, _add_devices, _add_gui
 )
 
 

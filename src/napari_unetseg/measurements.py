@@ -71,7 +71,7 @@ def measure_objects(
     the header and no rows. Raises ValueError for non-integer or negative labels, unknown axes or
     an image of another shape.
     """
-    axes = _check_axes(labels, axes)
+    axes = resolve_axes(labels, axes)
     check_label_image(labels, "labels")
     spatial = axes.replace("T", "")
     if image is not None:
@@ -90,7 +90,8 @@ def measure_objects(
     return {name: np.concatenate([table[name] for table in tables]) for name in tables[0]}
 
 
-def _check_axes(labels: Any, axes: str | None) -> str:
+def resolve_axes(labels: Any, axes: str | None = None) -> str:
+    """The labels' axes: ``axes`` checked against their shape, else the default for their dimensions."""
     ndim = len(labels.shape)
     if axes is None:
         if ndim not in DEFAULT_AXES:
