@@ -22,6 +22,10 @@ def rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
+def folder_listing(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
 def error_line(capsys: pytest.CaptureFixture) -> str:
     err = capsys.readouterr().err
     assert err.startswith("unetseg: error: ") and err.count("\n") == 1, err
@@ -104,13 +108,9 @@ def test_segment_several_inputs_one_table_each(discs, tmp_path):
     argv = ["segment", str(discs), str(other), "-o", str(tmp_path / "results"), "--backend", "torch", "-q",
             "--measurements", str(tmp_path / "tables")]
     assert main(argv) == 0
-    assert sorted(p.name for p in (tmp_path / "tables").iterdir()) == ["discs_measurements.csv", "other_measurements.csv"]
+    assert folder_listing(tmp_path / "tables") == ["discs_measurements.csv", "other_measurements.csv"]
     assert len(rows(tmp_path / "tables" / "discs_measurements.csv")) == 2
     assert rows(tmp_path / "tables" / "other_measurements.csv") == []
-
-
-def folder_listing(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir())
 
 
 @pytest.mark.parametrize(
@@ -161,7 +161,20 @@ def test_segment_bad_measurements_before_any_work(discs, tmp_path, capsys, extra
 def test_segment_several_inputs_need_a_folder_for_tables(discs, tmp_path, capsys):
     second = tmp_path / "second.tif"
     second.write_bytes(discs.read_bytes())
-    argv = ["segment", str(discs), str(second), "-o", str(tmp_path / "results"), "--measurements", str(tmp_path / "t.csv")]
+    argv = ["segment", str(discs), str(second), "-o", str(tmp_path / "results"),
+            "--measurements", str(tmp_path / "t.csv")]
     assert main(argv) == 2
     assert "2 inputs need a folder for --measurements" in error_line(capsys)
     assert not (tmp_path / "results").exists() and not (tmp_path / "t.csv").exists()
+
+
+def test_measure_a_zarr_time_series(tmp_path):
+    from napari_unetseg.io import write_labels
+
+    labels = np.zeros((2, 6, 6), np.uint32)
+    labels[0, :2, :2] = 1
+    labels[1, 3:, 3:] = 2
+    write_labels(tmp_path / "series.zarr", labels)
+    out = tmp_path / "series.csv"
+    assert main(["measure", str(tmp_path / "series.zarr"), "-o", str(out), "--axes", "TYX", "-q"]) == 0
+    assert [(row["t"], row["label"], row["area"]) for row in rows(out)] == [("0", "1", "4"), ("1", "2", "9")]

@@ -36,7 +36,8 @@ def test_two_squares_exact_values():
     assert table["area"].tolist() == [6, 16]
     assert table["area_um2"].tolist() == [0.75, 2.0]
     assert table["centroid_y"].tolist() == [1.5, 6.5] and table["centroid_x"].tolist() == [2.0, 7.5]
-    assert [table[k].tolist() for k in ("bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1")] == [[1, 5], [1, 6], [3, 9], [4, 10]]
+    boxes = [table[k].tolist() for k in ("bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1")]
+    assert boxes == [[1, 5], [1, 6], [3, 9], [4, 10]]
     assert table["mean_intensity"].tolist() == [17.0, 72.5]  # rows 10, 20 + columns 1..3
     assert table["min_intensity"].tolist() == [11.0, 56.0] and table["max_intensity"].tolist() == [23.0, 89.0]
 
@@ -46,6 +47,14 @@ def test_without_image_or_scale_only_geometry():
     table = measure_objects(labels)
     assert "mean_intensity" not in table and not any(name.startswith("area_") for name in table)
     assert table["area"].tolist() == [6, 16]
+
+
+def test_a_mask_is_one_object():
+    mask = np.zeros((6, 6), bool)
+    mask[1:3, 1:4] = True
+    table = measure_objects(mask, mask)
+    assert table["label"].tolist() == [1] and table["area"].tolist() == [6]
+    assert table["mean_intensity"].tolist() == [1.0]
 
 
 def test_channels_are_measured_one_by_one():
@@ -91,7 +100,8 @@ def test_csv_holds_the_values(tmp_path):
     labels, image = two_squares()
     path = write_csv(measure_objects(labels, image), tmp_path / "squares.csv")
     rows = read_rows(path)
-    assert [(row["label"], row["area"], row["mean_intensity"]) for row in rows] == [("3", "6", "17.0"), ("5", "16", "72.5")]
+    found = [(row["label"], row["area"], row["mean_intensity"]) for row in rows]
+    assert found == [("3", "6", "17.0"), ("5", "16", "72.5")]
 
 
 def test_csv_never_replaces_a_file_unless_asked(tmp_path):

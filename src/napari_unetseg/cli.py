@@ -403,7 +403,8 @@ def _run_segment(args: argparse.Namespace) -> int:
     specs = [labels_spec(info.shape, layout, checkpoint.info.mode) for info, layout in zip(infos, layouts)]
     sizes = [math.prod(s) * d.itemsize for s, d in specs]
     jobs = _plan_outputs(args.inputs, args.output, args.overwrite, sizes, _model_file(checkpoint))
-    tables = plan_segment_measurements(args, jobs, [layout.output_axes() for layout in layouts], _model_file(checkpoint))
+    label_axes = [layout.output_axes() for layout in layouts]
+    tables = plan_segment_measurements(args, jobs, label_axes, _model_file(checkpoint))
     with _cluster_client(args) as client:
         for number, ((src, dst), layout, (shape, dtype), table_path) in enumerate(
             zip(jobs, layouts, specs, tables), start=1

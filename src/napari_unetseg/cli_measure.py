@@ -24,7 +24,7 @@ def pixel_size(text: str) -> tuple[float, ...]:
     try:
         values = tuple(float(part) for part in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, e.g. 2,0.5,0.5; got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas (2,0.5,0.5), got {text!r}") from None
     if not all(value > 0 and value < float("inf") for value in values):
         raise argparse.ArgumentTypeError(f"pixel sizes must be positive numbers, got {text!r}")
     return values

@@ -101,7 +101,8 @@ def resolve_axes(labels: Any, axes: str | None = None) -> str:
     if axes not in ("YX", "ZYX", "TYX", "TZYX"):
         raise ValueError(f"labels axes {axes!r}: use YX, ZYX, TYX or TZYX")
     if len(axes) != ndim:
-        raise ValueError(f"axes {axes!r} name {len(axes)} axes but the labels have {ndim} (shape {tuple(labels.shape)})")
+        shape = tuple(labels.shape)
+        raise ValueError(f"axes {axes!r} name {len(axes)} axes but the labels have {ndim} (shape {shape})")
     return axes
 
 
@@ -117,7 +118,9 @@ def _check_image(labels: Any, image: Any) -> Any:
 def _measure_volume(
     labels: np.ndarray, image: np.ndarray | None, axes: str, pixel: float | None, unit: str | None
 ) -> Table:
-    """The table of one 2D or 3D label image (``axes`` ``"YX"`` or ``"ZYX"``)."""
+    """The table of one 2D or 3D label image (``axes`` ``"YX"`` or ``"ZYX"``); a mask (bool) is label 1."""
+    labels = labels.view(np.uint8) if labels.dtype == bool else labels
+    image = image.view(np.uint8) if image is not None and image.dtype == bool else image
     intensities = _INTENSITIES if image is not None else ()
     names = ["label", "area", "centroid", "bbox", *(name for name, _ in intensities)]
     raw = regionprops_table(labels, intensity_image=image, properties=names)
