@@ -34,16 +34,19 @@ def error_line(capsys: pytest.CaptureFixture) -> str:
 
 @pytest.fixture
 def squares(tmp_path: Path) -> dict[str, Path]:
-    """Labels 1 (a 2x3 square) and 4 (a 4x4 square), an image 10 * y + x, and a 2-channel (YXC) copy of it."""
+    """Labels 1 (a 2x3 square) and 4 (a 4x4 square), an image 10 * y + x, and 2-channel copies of it (YXC, and an
+    ImageJ CYX file, which records its axes)."""
     labels = np.zeros((10, 12), np.uint16)
     labels[1:3, 1:4] = 1
     labels[5:9, 6:10] = 4
     yy, xx = np.mgrid[:10, :12]
     image = (10 * yy + xx).astype(np.uint16)
-    paths = {"labels": tmp_path / "labels.tif", "image": tmp_path / "image.tif", "rgb": tmp_path / "two.tif"}
+    paths = {"labels": tmp_path / "labels.tif", "image": tmp_path / "image.tif", "rgb": tmp_path / "two.tif",
+             "cyx": tmp_path / "cyx.tif"}
     tifffile.imwrite(paths["labels"], labels)
     tifffile.imwrite(paths["image"], image)
     tifffile.imwrite(paths["rgb"], np.stack([image, image + 100], axis=-1), photometric="minisblack")
+    tifffile.imwrite(paths["cyx"], np.stack([image, image + 100]), imagej=True, metadata={"axes": "CYX"})
     return paths
 
 
@@ -67,12 +70,16 @@ def test_measure_labels_and_image(squares, tmp_path, capsys):
     assert f"wrote {out} (2 objects)" in capsys.readouterr().err
 
 
-def test_measure_per_channel_and_without_image(squares, tmp_path):
+@pytest.mark.parametrize("kind", ["rgb", "cyx"])
+def test_measure_per_channel(squares, tmp_path, kind):
     out = tmp_path / "channels.csv"
-    assert main(["measure", str(squares["labels"]), str(squares["rgb"]), "-o", str(out), "-q"]) == 0
+    assert main(["measure", str(squares["labels"]), str(squares[kind]), "-o", str(out), "-q"]) == 0
     assert [(row["mean_intensity_c0"], row["mean_intensity_c1"]) for row in rows(out)] == [
         ("17.0", "117.0"), ("72.5", "172.5")
     ]
+
+
+def test_measure_without_image(squares, tmp_path):
     geometry = tmp_path / "geometry.csv"
     assert main(["measure", str(squares["labels"]), "-o", str(geometry), "-q"]) == 0
     assert "mean_intensity" not in rows(geometry)[0] and len(rows(geometry)) == 2
@@ -124,6 +131,7 @@ def test_segment_several_inputs_one_table_each(discs, tmp_path):
         (["measure", "{labels}", "-o", "{out}", "--pixel-size", "1,2,3"], "3 sizes for the 2 spatial axes YX"),
         (["measure", "{labels}", "-o", "{out}", "--axes", "ZYX"], "name 3 axes but the labels have 2"),
         (["measure", "{labels}", "-o", "{out}", "--pixel-size", "0"], "positive numbers"),
+        (["measure", "{square}", "{cube}", "-o", "{out}"], "cannot tell which axis of the image (shape (4, 4, 4))"),
     ],
 )
 def test_measure_bad_input_writes_nothing(squares, tmp_path, capsys, argv, message):
@@ -131,7 +139,9 @@ def test_measure_bad_input_writes_nothing(squares, tmp_path, capsys, argv, messa
     tifffile.imwrite(np_float, np.zeros((10, 12), np.float32))
     tifffile.imwrite(tmp_path / "wide.tif", np.zeros((10, 13), np.uint8))
     (tmp_path / "existing.csv").write_text("keep\n")
-    names = {"labels": squares["labels"], "missing": tmp_path / "missing.tif", "wide": tmp_path / "wide.tif",
+    tifffile.imwrite(tmp_path / "square.tif", np.ones((4, 4), np.uint8))
+    tifffile.imwrite(tmp_path / "cube.tif", np.ones((4, 4, 4), np.uint8), photometric="minisblack")
+    names = {"square": tmp_path / "square.tif", "cube": tmp_path / "cube.tif", "labels": squares["labels"], "missing": tmp_path / "missing.tif", "wide": tmp_path / "wide.tif",
              "float": np_float, "out": tmp_path / "out.csv", "existing": tmp_path / "existing.csv", "folder": tmp_path}
     before = folder_listing(tmp_path)
     assert main([part.format(**names) for part in argv]) == 2

@@ -383,7 +383,7 @@ def _segment_into(
 
 
 def _run_segment(args: argparse.Namespace) -> int:
-    from .cli_measure import image_for_measuring, make_table, plan_segment_measurements, write_table
+    from .cli_measure import channel_last, make_table, plan_segment_measurements, write_table
     from .device import get_device
     from .inference import labels_spec, parse_axes
     from .io import ImageReadError, labels_output, probe_image, read_image
@@ -418,7 +418,7 @@ def _run_segment(args: argparse.Namespace) -> int:
                 with labels_output(dst, shape, dtype, overwrite=args.overwrite, in_memory=in_memory) as out:
                     _segment_into(out, src, layout, checkpoint, client, device, args, bar)
                     if table_path is not None:  # measured before the labels are written; written after them
-                        image = image_for_measuring(read_image(src), layout.axes)
+                        image = channel_last(read_image(src), layout.channel_axis)
                         table = make_table(out, image, layout.output_axes(), args, str(src))
             except ImageReadError:
                 raise

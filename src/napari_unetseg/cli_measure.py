@@ -74,8 +74,6 @@ def add_measure(commands: argparse._SubParsersAction) -> None:
 
 def run_measure(args: argparse.Namespace) -> int:
     """Check every input and the output, then measure and write the CSV."""
-    import numpy as np
-
     from .io import probe_image, read_image
 
     inputs = [args.labels, *([args.image] if args.image is not None else [])]
@@ -87,9 +85,7 @@ def run_measure(args: argparse.Namespace) -> int:
         channel = channel_axis(infos[0].shape, infos[1].shape, infos[1].axes)
         if channel is None and infos[1].shape != infos[0].shape:
             raise CliError(f"{args.labels} has shape {infos[0].shape} but {args.image} has {infos[1].shape}")
-        image = read_image(args.image)
-        if channel is not None:
-            image = np.moveaxis(np.asarray(image), channel, -1)
+        image = channel_last(read_image(args.image), channel)
     write_table(make_table(read_image(args.labels), image, axes, args, str(args.labels)), args.output, args)
     return 0
 
@@ -139,13 +135,14 @@ def segment_csv_paths(inputs: Sequence[Path], measurements: Path) -> list[Path]:
     return [measurements / f"{_stem(src)}_measurements{CSV_SUFFIX}" for src in inputs]
 
 
-def image_for_measuring(image: Any, axes: str) -> Any:
-    """The segmented image with its channel axis (if any) last, as :func:`~.measurements.measure_objects` wants."""
+def channel_last(image: Any, channel: int | None) -> Any:
+    """The image with its channel axis (if any) last, as :func:`~.measurements.measure_objects` wants it
+    (read into memory to move it)."""
     import numpy as np
 
-    if "C" not in axes or axes.index("C") == len(axes) - 1:
+    if channel is None or channel == len(image.shape) - 1:
         return image
-    return np.moveaxis(np.asarray(image), axes.index("C"), -1)
+    return np.moveaxis(np.asarray(image), channel, -1)
 
 
 def plan_segment_measurements(
