@@ -96,3 +96,18 @@ def test_a_lazy_image_is_read_for_intensities_only_when_saving(qtbot, viewer_wid
     with open(path, newline="") as handle:
         assert [row["mean_intensity"] for row in csv.DictReader(handle)] == ["1000.0", "1000.0"]
     assert labels.features["mean_intensity"].tolist() == [1000.0, 1000.0]
+
+
+def test_3d_result_has_volumes_in_the_layer_scale_and_slices(qtbot, viewer_widget, monkeypatch):
+    viewer, widget = viewer_widget
+    stack = np.stack([two_touching_discs(64, 12)] * 3 + [np.zeros((64, 64), np.uint32)])
+    viewer.add_image(disc_image(stack), name="stack", scale=(2.0, 1.0, 1.0))
+    threshold_model(widget, monkeypatch)
+    widget.segment.run_button.clicked.emit()
+    wait_idle(qtbot, widget)
+    labels = viewer.layers["stack labels (tiny-instance)"]
+    features = labels.features
+    assert len(features) == 2 and features["slices"].tolist() == [3, 3]
+    assert features["volume"].tolist() == [int(np.sum(labels.data == i)) for i in features["label"]]
+    assert features["volume_px3"].tolist() == (2 * features["volume"]).tolist()
+    assert features["centroid_z"].tolist() == [1.0, 1.0]

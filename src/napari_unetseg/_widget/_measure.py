@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 def layer_table(labels: napari.layers.Labels, image: napari.layers.Image | None, read_lazy: bool = True) -> Table:
     """The measurements of a labels layer, with the image layer's intensities and the labels' scale and unit.
 
+    The physical size column comes when the spatial axes share a unit, unless that is pixels of
+    size 1 (the 3D sample, in pixels with a Z scale of 2, gets ``volume_px3``).
+
     Without ``read_lazy`` a lazily loaded image (dask, zarr) gives no intensities: reading it whole
     can take long, so that waits for an explicit Save.
     """
@@ -35,9 +38,9 @@ def layer_table(labels: napari.layers.Labels, image: napari.layers.Image | None,
         pixels = None
     axes = "TZYX"[4 - labels.ndim :]
     units = {unit_label(str(unit)) for unit, axis in zip(labels.units, axes) if axis != "T"}
-    unit = units.pop() if len(units) == 1 else "px"
+    unit = units.pop() if len(units) == 1 else None  # axes in different units: no physical size
     scale = tuple(float(s) for s in labels.scale)
-    physical = unit != "px" or any(s != 1 for s, axis in zip(scale, axes) if axis != "T")
+    physical = unit is not None and (unit != "px" or any(s != 1 for s, axis in zip(scale, axes) if axis != "T"))
     return measure_objects(labels.data, pixels, axes=axes, scale=scale if physical else None, unit=unit)
 
 
