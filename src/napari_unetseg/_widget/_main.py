@@ -27,7 +27,8 @@ class UNetSegWidget(Container):
     """U-Net Segmentation: pick an image, a model and a device, then Segment or Annotate & fine-tune.
 
     Child widgets are attributes (``image``, ``models.model``, ``device``, ``segment.run_button``,
-    ``measure.save_button``, ``finetune.train_button``...) so scripts and tests can set values and call the handlers.
+    ``measure.save_button``, ``finetune.train_button``...) so scripts and tests can set values and call the
+    handlers.
     """
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
