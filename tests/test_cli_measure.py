@@ -135,14 +135,14 @@ def test_segment_several_inputs_one_table_each(discs, tmp_path):
     ],
 )
 def test_measure_bad_input_writes_nothing(squares, tmp_path, capsys, argv, message):
-    np_float = tmp_path / "float.tif"
-    tifffile.imwrite(np_float, np.zeros((10, 12), np.float32))
+    float_labels = tmp_path / "float.tif"
+    tifffile.imwrite(float_labels, np.zeros((10, 12), np.float32))
     tifffile.imwrite(tmp_path / "wide.tif", np.zeros((10, 13), np.uint8))
     (tmp_path / "existing.csv").write_text("keep\n")
     tifffile.imwrite(tmp_path / "square.tif", np.ones((4, 4), np.uint8))
     tifffile.imwrite(tmp_path / "cube.tif", np.ones((4, 4, 4), np.uint8), photometric="minisblack")
-    names = {"square": tmp_path / "square.tif", "cube": tmp_path / "cube.tif", "labels": squares["labels"], "missing": tmp_path / "missing.tif", "wide": tmp_path / "wide.tif",
-             "float": np_float, "out": tmp_path / "out.csv", "existing": tmp_path / "existing.csv", "folder": tmp_path}
+    names = {"square": tmp_path / "square.tif", "cube": tmp_path / "cube.tif", "labels": squares["labels"],
+             "missing": tmp_path / "missing.tif", "wide": tmp_path / "wide.tif", "float": float_labels, "out": tmp_path / "out.csv", "existing": tmp_path / "existing.csv", "folder": tmp_path}
     before = folder_listing(tmp_path)
     assert main([part.format(**names) for part in argv]) == 2
     assert message in error_line(capsys)
