@@ -18,7 +18,7 @@ def test_core_imports_without_napari_or_qt():
         "import sys, napari_unetseg, napari_unetseg.inference, napari_unetseg.checkpoint, "
         "napari_unetseg.postprocess, napari_unetseg.tiling, napari_unetseg.models, napari_unetseg.training, "
         "napari_unetseg.training_data, napari_unetseg.validation, napari_unetseg.targets, napari_unetseg.metrics, "
-        "napari_unetseg.io, napari_unetseg.cli, napari_unetseg.provenance;"
+        "napari_unetseg.io, napari_unetseg.cli, napari_unetseg.provenance, napari_unetseg.measurements;"
         "bad = [m for m in sys.modules if m.split('.')[0] in "
         "('napari', 'qtpy', 'magicgui', 'PyQt5', 'PyQt6', 'PySide2', 'PySide6', 'vispy')];"
         "print(bad); sys.exit(1 if bad else 0)"

@@ -205,6 +205,8 @@ def _tifffile_warnings() -> Iterator[None]:
 
 
 def _add_segment(commands: argparse._SubParsersAction) -> None:
+    from .cli_measure import add_scale_options
+
     parser = commands.add_parser(
         "segment",
         help="segment TIFF or zarr images, here or on a dask cluster, writing one label image per input",
@@ -221,6 +223,7 @@ def _add_segment(commands: argparse._SubParsersAction) -> None:
             "  unetseg segment stack.tif -o stack_labels.tif --axes ZYX --stitch-z\n"
             "  unetseg segment cells.tif -o cells_labels.tif --model cells-ft1.pt   # a checkpoint file\n"
             "  unetseg segment volume.ome.zarr -o volume_labels.zarr --workers 4\n"
+            "  unetseg segment a.tif b.tif -o results/ --measurements tables/   # also tables/a_measurements.csv, ...\n"
             "  unetseg segment volume.ome.zarr -o volume_labels.zarr --scheduler tcp://10.0.0.5:8786\n"
             "\n"
             "'unetseg models' lists the built-in model names."
@@ -274,6 +277,12 @@ def _add_segment(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--diameter", type=_diameter, default="auto", metavar="PX|auto",
                         help="object diameter in pixels for --stitch-z: stacks with larger objects are shrunk to the "
                              "model's size (default auto: measured from a first pass; 0 keeps the stack's scale)")
+    parser.add_argument(
+        "--measurements", type=Path, metavar="CSV|FOLDER",
+        help="also write a table of the objects (see 'unetseg measure'): this .csv for a single input, or "
+        "<name>_measurements.csv per input in this folder",
+    )
+    add_scale_options(parser)
     cluster = parser.add_mutually_exclusive_group()
     cluster.add_argument(
         "--scheduler", metavar="ADDRESS",
@@ -411,9 +420,10 @@ def _engine_parameters(args: argparse.Namespace, device: Any, layout: AxesLayout
 
 
 def _run_segment(args: argparse.Namespace) -> int:
+    from .cli_measure import channel_last, make_table, plan_segment_measurements, write_table
     from .device import get_device
     from .inference import labels_spec, parse_axes
-    from .io import ImageReadError, labels_output, probe_image
+    from .io import ImageReadError, labels_output, probe_image, read_image
     from .normalize import check_image
     from .provenance import RECORD_KEY, make_record
 
@@ -431,8 +441,12 @@ def _run_segment(args: argparse.Namespace) -> int:
     specs = [labels_spec(info.shape, layout, checkpoint.info.mode) for info, layout in zip(infos, layouts)]
     sizes = [math.prod(s) * d.itemsize for s, d in specs]
     jobs = _plan_outputs(args.inputs, args.output, args.overwrite, sizes, _model_file(checkpoint))
+    label_axes = [layout.output_axes() for layout in layouts]
+    tables = plan_segment_measurements(args, jobs, label_axes, _model_file(checkpoint))
     with _cluster_client(args) as client:
-        for number, ((src, dst), layout, info, (shape, dtype)) in enumerate(zip(jobs, layouts, infos, specs), 1):
+        for number, ((src, dst), layout, info, (shape, dtype), table_path) in enumerate(
+            zip(jobs, layouts, infos, specs, tables), start=1
+        ):
             started = time.monotonic()
             record = make_record(checkpoint, _engine_parameters(args, device, layout, info.shape), src, dst)
             label = src.name if len(jobs) == 1 else f"({number}/{len(jobs)}) {src.name}"
@@ -444,6 +458,9 @@ def _run_segment(args: argparse.Namespace) -> int:
                     dst, shape, dtype, overwrite=args.overwrite, in_memory=in_memory, metadata={RECORD_KEY: record}
                 ) as out:
                     _segment_into(out, src, layout, checkpoint, client, device, args, bar)
+                    if table_path is not None:  # measured before the labels are written; written after them
+                        image = channel_last(read_image(src), layout.channel_axis)
+                        table = make_table(out, image, layout.output_axes(), args, str(src))
             except ImageReadError:
                 raise
             except ValueError as exc:  # e.g. the model needs another number of channels
@@ -453,6 +470,8 @@ def _run_segment(args: argparse.Namespace) -> int:
             if not args.quiet:
                 shape_text = "x".join(map(str, shape))
                 print(f"wrote {dst} ({shape_text} {dtype}, {time.monotonic() - started:.1f}s)", file=sys.stderr)
+            if table_path is not None:
+                write_table(table, table_path, args)
     return 0
 
 
@@ -617,6 +636,15 @@ def _print_painting_advice(labels: Any, mode: str | None, parent: Checkpoint | N
         print(f"note: {advice}", file=sys.stderr)
 
 
+# --------------------------------------------------------------------------- measure
+
+
+def _add_measure(commands: argparse._SubParsersAction) -> None:
+    from .cli_measure import add_measure  # imported here: that module builds on this one's helpers
+
+    add_measure(commands)
+
+
 # --------------------------------------------------------------------------- models
 
 
@@ -713,7 +741,7 @@ def _run_devices(args: argparse.Namespace) -> int:
 
 #: Each adds one sub-command to the parser; see the module docstring.
 COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
-    _add_segment, _add_train, _add_evaluate, _add_models, _add_devices, _add_gui
+    _add_segment, _add_train, _add_evaluate, _add_measure, _add_models, _add_devices, _add_gui
 )
 
 

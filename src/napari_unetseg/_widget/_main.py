@@ -12,6 +12,7 @@ from ..device import explain_devices
 from ..imaging import image_imaging
 from ._finetune import FineTunePanel
 from ._layers import ImageSource, Note, OwnedLayers, UserError, current_plane, image_source, layers_of_type, notify
+from ._measure import MeasurePanel
 from ._models import ModelPicker
 from ._runner import JobRunner
 from ._segment import SegmentPanel
@@ -26,7 +27,8 @@ class UNetSegWidget(Container):
     """U-Net Segmentation: pick an image, a model and a device, then Segment or Annotate & fine-tune.
 
     Child widgets are attributes (``image``, ``models.model``, ``device``, ``segment.run_button``,
-    ``finetune.train_button``...) so scripts and tests can set values and call the handlers.
+    ``measure.save_button``, ``finetune.train_button``...) so scripts and tests can set values and call the
+    handlers.
     """
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
@@ -40,6 +42,7 @@ class UNetSegWidget(Container):
         self.device = ComboBox(label="device", choices=report.devices, value=report.devices[0])
         self.device_report = Note(value=report.summary(), tooltip="What PyTorch can use on this computer.")
         self.segment = SegmentPanel(self)
+        self.measure = MeasurePanel(self)
         self.finetune = FineTunePanel(self)
         top = Container(widgets=[self.image, self.models, self.device])
         top.margins = (0, 0, 0, 0)
@@ -49,6 +52,7 @@ class UNetSegWidget(Container):
                 self.device_report,
                 _heading("Segment"),
                 self.segment,
+                self.measure,
                 _heading("Annotate & fine-tune"),
                 self.finetune,
             ]

@@ -89,6 +89,7 @@ class SegmentPanel(Container):
         dtype = np.dtype(np.uint32 if instance else np.uint8)
         labels = host.owned.labels(source, dtype, clear=not single, model=entry.name if entry is not None else None)
         done = self.segmented.setdefault(labels.unique_id, set())
+        host.measure.forget(labels)
         id_offset = 0
         if single:
             labels.data[here] = 0
@@ -173,6 +174,8 @@ class SegmentPanel(Container):
         layer = find_layer(self.host.viewer, target[0]) if target else None
         if layer is not None and outcome.stitched is not None and not self.host.owned.edited(layer):
             layer.data = outcome.stitched
+        if layer is not None:
+            self.host.measure.measure(layer, find_layer(self.host.viewer, target[1]))
         seconds = self.runner.elapsed
         self.status.value = f"Done: {outcome.total} slice{'s' * (outcome.total != 1)} in {seconds:.1f} s."
 
