@@ -13,8 +13,9 @@ import pytest
 import tifffile
 import torch
 
-from napari_unetseg import __version__, cli, inference
-from napari_unetseg.cli import ProgressBar, main
+from napari_unetseg import __version__, cli_common, inference
+from napari_unetseg.cli import main
+from napari_unetseg.cli_common import ProgressBar
 from napari_unetseg.io import read_image, write_labels
 
 
@@ -206,7 +207,7 @@ def test_progress_bar_redraws_only_on_a_terminal():
 def test_progress_with_a_time_budget_follows_the_clock(monkeypatch):
     """``train --max-seconds 15``: 3 of 300 iterations after 10 s is two thirds done, 5 s left."""
     now = [100.0]
-    monkeypatch.setattr(cli.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(cli_common.time, "monotonic", lambda: now[0])
     log = stdio.StringIO()
     bar = ProgressBar("train", log, unit="iterations", budget=15)
     now[0] += 10

@@ -10,7 +10,7 @@ import pytest
 import tifffile
 from conftest import ThresholdNet, disc_image, two_touching_discs
 
-from napari_unetseg import cli
+from napari_unetseg import cli_segment
 from napari_unetseg.checkpoint import Checkpoint, ModelInfo
 from napari_unetseg.cli import main
 from napari_unetseg.io import read_image
@@ -53,7 +53,7 @@ def squares(tmp_path: Path) -> dict[str, Path]:
 @pytest.fixture
 def discs(tmp_path: Path, monkeypatch) -> Path:
     """An image of two bright discs, and 'segment' given a stand-in model that finds them."""
-    monkeypatch.setattr(cli, "_load_model", lambda spec: Checkpoint(ThresholdNet(), ModelInfo(mode="instance")))
+    monkeypatch.setattr(cli_segment, "load_model", lambda spec: Checkpoint(ThresholdNet(), ModelInfo(mode="instance")))
     path = tmp_path / "discs.tif"
     tifffile.imwrite(path, disc_image(two_touching_discs(64, 12)))
     return path

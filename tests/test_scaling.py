@@ -17,7 +17,7 @@ import tifffile
 import torch
 import zarr
 
-from napari_unetseg import cli, io
+from napari_unetseg import io, outputs
 from napari_unetseg.checkpoint import ModelInfo, save_checkpoint
 from napari_unetseg.cli import main
 from napari_unetseg.inference import segment
@@ -231,7 +231,7 @@ def test_output_format_follows_the_suffix_or_the_size(tmp_path, model, monkeypat
     assert main([*argv, "-o", str(tmp_path / "small")]) == 0  # a folder: small results become TIFF
     np.testing.assert_array_equal(read_image(tmp_path / "small" / "cells_labels.tif"), expected)
     monkeypatch.setattr(io, "LARGE_RESULT_BYTES", 0)
-    monkeypatch.setattr(cli, "LARGE_RESULT_BYTES", 0)
+    monkeypatch.setattr(outputs, "LARGE_RESULT_BYTES", 0)
     assert main([*argv, "-o", str(tmp_path / "large")]) == 0  # ... and large ones zarr
     np.testing.assert_array_equal(read_image(tmp_path / "large" / "cells_labels.zarr")[:], expected)
     assert main([*argv, "-o", str(tmp_path / "named.tif")]) == 0  # a name decides: large, yet TIFF

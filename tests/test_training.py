@@ -12,11 +12,11 @@ from conftest import tiny_unet, two_touching_discs
 
 from napari_unetseg.augment import AugmentConfig
 from napari_unetseg.checkpoint import load_checkpoint, save_checkpoint
+from napari_unetseg.metrics import mean_iou
 from napari_unetseg.normalize import normalize_plane
 from napari_unetseg.targets import (
     IGNORE,
     derive_targets,
-    mean_iou,
     separation_weights,
     weight_map,
     weighted_cross_entropy,
@@ -129,10 +129,12 @@ def test_loss_ignores_unannotated_pixels() -> None:
     assert torch.allclose(weighted_cross_entropy(changed, targets, other_weights), loss)
 
 
-def test_mean_iou() -> None:
+def test_mean_iou_counts_the_classes_of_the_annotation_only() -> None:
     targets = np.array([0, 0, 1, 1, IGNORE])
-    assert mean_iou(np.array([0, 0, 1, 1, 0]), targets, 2) == 1.0
-    assert mean_iou(np.array([0, 1, 1, 1, 1]), targets, 2) == pytest.approx((0.5 + 2 / 3) / 2)
+    assert mean_iou(np.array([0, 0, 1, 1, 0]), targets, ignore=IGNORE) == 1.0
+    assert mean_iou(np.array([0, 1, 1, 1, 1]), targets, ignore=IGNORE) == pytest.approx((0.5 + 2 / 3) / 2)
+    # a class predicted but absent from the annotation does not count as a class scoring 0
+    assert mean_iou(np.array([0, 0, 1, 2, 2]), targets, ignore=IGNORE) == pytest.approx((1 + 0.5) / 2)
 
 
 # ---------------------------------------------------------------- learning

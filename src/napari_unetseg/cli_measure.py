@@ -1,7 +1,7 @@
 """``unetseg measure`` and ``unetseg segment --measurements``: object tables of label images as CSV files.
 
-Kept apart from :mod:`.cli` (which builds the parser with :func:`add_measure`) so that module
-stays about argument handling of the segmentation commands. Like every command, bad input ends as
+:mod:`.cli` builds the parser with :func:`add_measure`; :mod:`.cli_segment` calls the
+``--measurements`` helpers here. Like every command, bad input ends as
 one ``unetseg: error:`` line and exit status 2 with nothing written; the work is done by
 :mod:`.measurements`, imported when a table is made (it loads scikit-image).
 """
@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .cli import CliError, _check_writable_folder, _refuse_outputs_over_inputs, _stem
+from .cli_common import CliError
+from .outputs import check_writable_folder, file_stem, refuse_existing, refuse_outputs_over_inputs
 
 CSV_SUFFIX = ".csv"
 
@@ -108,7 +109,7 @@ def channel_axis(labels_shape: Sequence[int], image_shape: Sequence[int], image_
 
 def plan_csv_outputs(outputs: Sequence[Path], inputs: Sequence[Path], overwrite: bool) -> None:
     """Refuse CSV outputs that are not ``.csv`` names, clash, exist (without ``overwrite``) or are inputs."""
-    _refuse_outputs_over_inputs(outputs, inputs)
+    refuse_outputs_over_inputs(outputs, inputs)
     seen: set[Path] = set()
     for path in outputs:
         if path.suffix.lower() != CSV_SUFFIX:
@@ -118,9 +119,8 @@ def plan_csv_outputs(outputs: Sequence[Path], inputs: Sequence[Path], overwrite:
         seen.add(path.resolve())
         if path.is_dir():
             raise CliError(f"output {path} is a folder")
-        if path.exists() and not overwrite:
-            raise FileExistsError(f"{path} already exists; use --overwrite to replace it")
-        _check_writable_folder(path.parent)
+        refuse_existing(path, overwrite)
+        check_writable_folder(path.parent)
 
 
 def segment_csv_paths(inputs: Sequence[Path], measurements: Path) -> list[Path]:
@@ -132,7 +132,7 @@ def segment_csv_paths(inputs: Sequence[Path], measurements: Path) -> list[Path]:
         return [measurements]
     if measurements.exists() and not measurements.is_dir():
         raise CliError(f"--measurements {measurements} is a file; give a .csv name or a folder")
-    return [measurements / f"{_stem(src)}_measurements{CSV_SUFFIX}" for src in inputs]
+    return [measurements / f"{file_stem(src)}_measurements{CSV_SUFFIX}" for src in inputs]
 
 
 def channel_last(image: Any, channel: int | None) -> Any:

@@ -93,6 +93,19 @@ def pixel_iou(prediction: ArrayLike, truth: ArrayLike, ignore: int | None = None
     return _iou_from(*_class_counts(prediction, truth, ignore))
 
 
+def mean_iou(prediction: ArrayLike, truth: ArrayLike, ignore: int | None = None) -> float:
+    """Mean of :func:`pixel_iou` over the classes present in ``truth`` (0.0 when none is).
+
+    Training's pixel validation scores held-out painted pixels with it (``ignore`` = not
+    annotated). :func:`evaluate`'s ``mean_iou`` averages :func:`pixel_iou` over the classes of
+    either map instead, so a class found only in the prediction counts there as an error.
+    """
+    classes, hits, in_truth, predicted = _class_counts(prediction, truth, ignore)
+    present = in_truth > 0
+    union = (in_truth + predicted - hits)[present]
+    return float(np.mean(hits[present] / union)) if present.any() else 0.0
+
+
 def _error_from(hits: np.ndarray, in_truth: np.ndarray) -> float:
     total = in_truth.sum()
     return float(1.0 - hits.sum() / total) if total else 0.0

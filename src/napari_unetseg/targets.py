@@ -232,13 +232,3 @@ def soft_cross_entropy(logits: torch.Tensor, probabilities: torch.Tensor, where:
     """
     ce = -(probabilities * F.log_softmax(logits.float(), dim=1)).sum(dim=1)
     return (ce * where).sum() / where.sum().clamp(min=1)
-
-
-def mean_iou(pred: np.ndarray, targets: np.ndarray, num_classes: int) -> float:
-    """Mean intersection-over-union over the classes present in ``targets`` (annotated pixels only)."""
-    keep = targets >= 0
-    confusion = np.bincount(targets[keep] * num_classes + pred[keep], minlength=num_classes**2)
-    confusion = confusion.reshape(num_classes, num_classes)
-    tp, truth, predicted = np.diag(confusion), confusion.sum(1), confusion.sum(0)
-    present = truth > 0
-    return float(np.mean(tp[present] / (truth + predicted - tp)[present])) if present.any() else 0.0

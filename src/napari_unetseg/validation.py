@@ -15,9 +15,9 @@ import torch
 
 from .augment import patch_coordinates, sample_image, sample_labels
 from .inference import PlanePredictor
-from .metrics import painted_object_score
+from .metrics import mean_iou, painted_object_score
 from .model import UNet, nearest_valid_size
-from .targets import IGNORE, mean_iou
+from .targets import IGNORE
 from .training_data import VAL_BLOCK, Plane, split_blocks, split_objects
 
 
@@ -77,7 +77,7 @@ class HeldOut:
             with autocast:
                 logits = model(chunk.to(device))
             predicted.append(logits[..., c : c + VAL_BLOCK, c : c + VAL_BLOCK].argmax(1).cpu().numpy())
-        return mean_iou(np.concatenate(predicted), targets, model.num_classes)
+        return mean_iou(np.concatenate(predicted), targets, ignore=IGNORE)
 
     def _object_score(self, predictor: PlanePredictor) -> float:
         """:func:`~.metrics.painted_object_score` of the held-out objects, each window segmented as

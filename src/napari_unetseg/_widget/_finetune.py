@@ -11,7 +11,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, ProgressBa
 from .. import versions
 from ..checkpoint import CheckpointError, ModelInfo, save_checkpoint
 from ..targets import painting_advice
-from ..training import TrainResult
+from ..training_types import TrainResult
 from ._jobs import EntropyUpdate, FineTuneJob, FineTuneUpdate, JobFailed, PreviewSource, entropy_job
 from ._layers import (
     METADATA_KEY,
