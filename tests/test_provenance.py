@@ -93,20 +93,26 @@ def test_the_record_is_tifffile_json_metadata_and_the_labels_stay_readable(cells
     assert sorted(p.name for p in out.parent.iterdir()) == ["cells_labels.tif"]  # no temporary file left
 
 
-def test_a_stack_records_its_axes_and_z_linking(tmp_path):
+def test_a_stack_records_its_3d_options_and_the_command_repeats_the_result(tmp_path):
     stack = tmp_path / "stack.tif"
     discs = np.where(two_touching_discs(32, 6) > 0, 900, 100).astype(np.uint16)
     tifffile.imwrite(stack, np.stack([discs] * 3), photometric="minisblack")
     checkpoint = save_checkpoint(tmp_path / "tiny.pt", tiny_unet(), ModelInfo(mode="instance", name="tiny"))
     out = tmp_path / "stack_labels.zarr"
     assert main(["segment", str(stack), "-o", str(out), "-m", str(checkpoint), "--axes", "ZYX", "--stitch-z",
-                 "--device", "cpu", "--quiet"]) == 0
+                 "--voxel-size", "2,0.5,0.5", "--diameter", "12", "--device", "cpu", "--quiet"]) == 0
     record = read_record(out)
     assert record["model"] == "tiny" and record["model_sha256"] == sha256(checkpoint)
     assert record["parameters"]["axes"] == "ZYX" and record["parameters"]["stitch_z"] is True
     assert record["parameters"]["shape"] == [3, 32, 32]
+    assert record["parameters"]["z_method"] == "consensus" and record["parameters"]["voxel_size"] == [2, 0.5, 0.5]
     words = shlex.split(record["command"])
     assert words[words.index("--model") + 1] == str(checkpoint) and "--stitch-z" in words
+    assert words[words.index("--voxel-size") + 1] == "2,0.5,0.5" and words[words.index("--diameter") + 1] == "12"
+    again = tmp_path / "again.zarr"
+    words[words.index("-o") + 1] = str(again)
+    assert main([*words[1:], "--quiet"]) == 0  # the recorded command, run again, gives the same labels
+    np.testing.assert_array_equal(read_image(again)[:], read_image(out)[:])
 
 
 @pytest.mark.parametrize("name", ["big.tif", "big.zarr"])

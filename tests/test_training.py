@@ -11,7 +11,7 @@ import torch
 from conftest import tiny_unet, two_touching_discs
 
 from napari_unetseg.augment import AugmentConfig
-from napari_unetseg.checkpoint import load_checkpoint, save_checkpoint
+from napari_unetseg.checkpoint import Checkpoint, ModelInfo, load_checkpoint, save_checkpoint
 from napari_unetseg.metrics import mean_iou
 from napari_unetseg.normalize import normalize_plane
 from napari_unetseg.targets import (
@@ -398,3 +398,17 @@ def test_freezing_a_new_network_is_refused() -> None:
     image, annotation = blobs()
     with pytest.raises(ValueError, match="freeze_encoder"):
         Trainer(image, annotation, None, freeze_encoder=True, **FAST)
+
+
+def test_fine_tuning_records_the_size_of_the_objects_painted_whole() -> None:
+    """3D segmentation rescales stacks to the checkpoint's object size: fine-tuning measures it."""
+    image, annotation = blobs(96)  # four discs of radius 16
+    parent = Checkpoint(tiny_unet(), ModelInfo(mode="instance", name="tiny", object_diameter=20.0))
+    result = Trainer(image, annotation, parent, **FAST).result()
+    assert result.info.object_diameter == pytest.approx(32.0, abs=1.0)
+
+    strokes = np.where(annotation >= 2, 0, annotation).astype(np.uint16)  # background, plus a dab in each disc
+    for k, (cy, cx) in enumerate([(24, 24), (24, 72), (72, 24), (72, 72)]):
+        strokes[cy - 1 : cy + 2, cx - 1 : cx + 2] = k + 2
+    kept = Trainer(image, strokes, parent, **FAST).result()
+    assert kept.info.object_diameter == 20.0  # dabs say nothing about size: the parent's is kept

@@ -186,10 +186,14 @@ def _segment_into(
 
 def _engine_parameters(args: argparse.Namespace, device: Any, layout: AxesLayout, shape: Sequence[int]) -> dict:
     """The options of one input's segmentation, as recorded in its output's provenance."""
-    return {
+    parameters = {
         "device": str(device), "precision": args.precision, "backend": args.backend, "tile_size": args.tile_size,
         "batch_size": args.batch_size, "axes": layout.axes, "stitch_z": args.stitch_z, "shape": list(shape),
     }
+    if args.stitch_z:  # a cluster links planes whatever was asked (see _segment_into)
+        z_method = "linking" if args.scheduler is not None or args.workers is not None else args.z_method
+        parameters.update(z_method=z_method, voxel_size=args.voxel_size, diameter=args.diameter)
+    return parameters
 
 
 def _run_segment(args: argparse.Namespace) -> int:

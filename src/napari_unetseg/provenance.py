@@ -70,8 +70,21 @@ def segment_command(
         if parameters.get(option) is not None:
             words += [f"--{option.replace('_', '-')}", str(parameters[option])]
     if parameters.get("stitch_z"):
-        words.append("--stitch-z")
+        words += ["--stitch-z", *_volume_options(parameters)]
     return shlex.join(words)
+
+
+def _volume_options(parameters: dict[str, Any]) -> list[str]:
+    """``--z-method``, ``--voxel-size`` and ``--diameter`` of a 3D (``stitch_z``) run, when recorded."""
+    words = []
+    if parameters.get("z_method") is not None:
+        words += ["--z-method", str(parameters["z_method"])]
+    if parameters.get("voxel_size") is not None:
+        words += ["--voxel-size", ",".join(f"{float(v):g}" for v in parameters["voxel_size"])]
+    diameter = parameters.get("diameter", "auto")
+    if diameter != "auto":  # None: the stack's own scale, written as 0
+        words += ["--diameter", f"{float(diameter or 0):g}"]
+    return words
 
 
 def make_record(
@@ -83,7 +96,8 @@ def make_record(
     """The provenance record of a result of ``checkpoint`` with the engine ``parameters``.
 
     ``parameters`` holds the options given to segmentation (``device``, ``precision``,
-    ``backend``, ``tile_size``, ``batch_size``, ``axes``, ``stitch_z``) and the image ``shape``.
+    ``backend``, ``tile_size``, ``batch_size``, ``axes``, ``stitch_z``; with ``stitch_z`` also
+    ``z_method``, ``voxel_size`` and ``diameter``) and the image ``shape``.
     The checkpoint's sha256 is that of its file (a built-in model's file inside the package);
     None for a checkpoint built in memory. Paths are made absolute so the command works from
     any folder.

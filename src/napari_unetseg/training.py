@@ -39,6 +39,7 @@ from .training_data import (
     class_names,
     compact_object_ids,
     describe,
+    painted_diameter,
     painted_values,
     resolve_parent,
 )
@@ -382,7 +383,18 @@ class Trainer:
             "head_reset": self.head_reset, "seconds": round(self.elapsed(), 1), "stopped": self.stopped,
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "settings": settings,
         }
-        return ModelInfo(self.mode, list(self.class_names), dict(self.normalization), name, cfg.description, training)
+        return ModelInfo(self.mode, list(self.class_names), dict(self.normalization), name, cfg.description, training,
+                         object_diameter=self._object_diameter())
+
+    def _object_diameter(self) -> float | None:
+        """The objects' size for 3D rescaling: of the objects painted whole, else the parent's (same mode)."""
+        if self.mode != "instance":
+            return None
+        measured = painted_diameter(self.planes)
+        parent = self.parent_info
+        if measured is None and parent is not None and parent.mode == self.mode:
+            return parent.object_diameter
+        return measured
 
 
 def iter_train(

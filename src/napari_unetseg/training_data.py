@@ -94,6 +94,24 @@ def annotated_planes(pairs: list[tuple[np.ndarray, np.ndarray]], norm: dict[str,
     return planes
 
 
+#: Whole painted objects needed before their size is recorded as the model's object size.
+MIN_OBJECTS_FOR_SIZE = 3
+
+
+def painted_diameter(planes: list[Plane]) -> float | None:
+    """Median equivalent diameter (pixels) of the objects painted whole, or None below
+    :data:`MIN_OBJECTS_FOR_SIZE` of them (strokes and dabs say nothing about an object's size)."""
+    areas = []
+    for p in planes:
+        if p.closed is None or not p.closed.any():
+            continue
+        sizes = np.bincount(np.where(p.closed, p.annotation, 0).ravel().astype(np.int64))[2:]
+        areas.extend(sizes[sizes > 0].tolist())
+    if len(areas) < MIN_OBJECTS_FOR_SIZE:
+        return None
+    return round(float(2.0 * np.sqrt(np.median(areas) / np.pi)), 1)
+
+
 def painted_values(planes: list[Plane]) -> set[int]:
     """The painted values (0 left out) of all planes."""
     return set(np.unique(np.concatenate([np.unique(p.annotation) for p in planes])).tolist()) - {0}
