@@ -37,6 +37,7 @@ from napari_unetseg.inference import segment
 from napari_unetseg.metrics import object_iou, object_matching
 from napari_unetseg.models import resolve_model
 from napari_unetseg.synthetic import synthetic_nuclei_2d
+from napari_unetseg.targets import result_as_annotation
 from napari_unetseg.training import TrainConfig, Trainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
@@ -111,7 +112,7 @@ def paint_corrections(result: np.ndarray, truth: np.ndarray, region: np.ndarray)
     merge split, or a badly drawn object redrawn). A truth object that nothing matches is painted in.
     Objects reaching outside the region are left unannotated (0), as a person would erase them.
     """
-    annotation = np.where(result > 0, result.astype(np.uint32) + 1, 1).astype(np.uint32)
+    annotation = result_as_annotation(result, "instance")
     truth_ids, pred_ids, iou = object_iou(result, truth)
     best = iou.max(axis=0).toarray().ravel() if iou.shape[0] else np.zeros(len(pred_ids))
     found = iou.max(axis=1).toarray().ravel() if iou.shape[1] else np.zeros(len(truth_ids))

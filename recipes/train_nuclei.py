@@ -19,6 +19,7 @@ from team_data import CELLS3D
 from napari_unetseg.inference import segment
 from napari_unetseg.metrics import object_matching
 from napari_unetseg.synthetic import synthetic_nuclei_2d, synthetic_nuclei_3d
+from napari_unetseg.targets import result_as_annotation
 from napari_unetseg.training import TrainConfig, train
 
 
@@ -43,7 +44,7 @@ def synthetic_set(count: int, seed: int, size: int = 256) -> tuple[np.ndarray, n
 
 def as_annotation(labels: np.ndarray) -> np.ndarray:
     """Dense ground truth in the painting convention: 1 = background, objects 2, 3, ..."""
-    return np.where(labels > 0, labels + 1, 1).astype(np.uint32)
+    return result_as_annotation(labels, "instance")
 
 
 def main() -> None:

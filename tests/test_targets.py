@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from napari_unetseg.metrics import object_changes, painted_object_score
-from napari_unetseg.targets import IGNORE, closed_objects, derive_targets, painting_advice
+from napari_unetseg.targets import IGNORE, closed_objects, derive_targets, painting_advice, result_as_annotation
 
 _ = IGNORE
 B, I, E = 0, 1, 2  # background, interior, boundary (edge)
@@ -152,3 +152,13 @@ def test_soft_cross_entropy_keeps_the_parent_view_only_where_asked() -> None:
     assert torch.allclose(loss, expected)
     loss.backward()
     assert (logits.grad[:, :, ~where[0]].abs().sum() == 0) and logits.grad[0][:, where[0]].abs().sum() > 0
+
+
+def test_a_result_becomes_an_annotation_to_correct_and_is_left_as_it_was():
+    result = np.array([[0, 1, 1], [0, 0, 7]], np.uint32)
+    assert result_as_annotation(result, "instance").tolist() == [[1, 2, 2], [1, 1, 8]]
+    classes = np.array([[1, 2], [2, 1]], np.uint8)
+    annotation = result_as_annotation(classes, "semantic")
+    annotation[0, 0] = 0
+    assert annotation.dtype == np.uint8 and classes[0, 0] == 1  # a copy: the result layer keeps its data
+    assert result.tolist() == [[0, 1, 1], [0, 0, 7]]

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from .checkpoint import Checkpoint, info_problem
+from .options import labels_dtype
 from .device import fit_to_memory, get_device
 from .normalize import check_image, normalize_plane
 from .metrics import agreement
@@ -202,7 +203,7 @@ class PlanePredictor:
 
     def blank_labels(self, shape: tuple[int, int]) -> np.ndarray:
         """Labels for a plane with no contrast: nothing found (0) in either mode."""
-        return np.zeros(shape, np.uint32 if self.checkpoint.info.mode == "instance" else np.uint8)
+        return np.zeros(shape, labels_dtype(self.checkpoint.info.mode))
 
 
 _BFLOAT16_VERDICTS: weakref.WeakKeyDictionary[UNet, bool] = weakref.WeakKeyDictionary()
@@ -350,7 +351,7 @@ def iter_segment(
 def labels_spec(image_shape: Sequence[int], layout: AxesLayout, mode: str) -> tuple[tuple[int, ...], np.dtype]:
     """Shape and dtype of the labels of an image: its shape minus the channel axis; uint32 ids or uint8 classes."""
     shape = tuple(int(n) for n, a in zip(image_shape, layout.axes) if a != "C")
-    return shape, np.dtype(np.uint32 if mode == "instance" else np.uint8)
+    return shape, labels_dtype(mode)
 
 
 def stitch_plane(out: Any, index: tuple[int, ...], labels: np.ndarray, z_axis: int | None) -> np.ndarray:

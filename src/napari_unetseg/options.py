@@ -6,6 +6,8 @@ the engine, whose modules load PyTorch, zarr and scikit-image.
 
 from __future__ import annotations
 
+import numpy as np
+
 #: The built-in model used when none is named.
 DEFAULT_MODEL = "nuclei"
 #: Device names accepted by :func:`~.device.get_device` (``"cuda:1"`` style indices too).
@@ -20,3 +22,8 @@ MODES = ("instance", "semantic")
 #: output whose format is left open (a folder) is written as zarr instead of TIFF.
 LARGE_RESULT_BYTES = 1 << 30
 ZARR_SUFFIX = ".zarr"
+
+
+def labels_dtype(mode: str) -> np.dtype:
+    """The dtype of a model's labels (results and annotations): uint32 object ids, or uint8 classes."""
+    return np.dtype(np.uint32 if mode == "instance" else np.uint8)

@@ -32,6 +32,18 @@ from .metrics import check_label_image
 IGNORE = -1  # target value of pixels the loss ignores
 
 
+def result_as_annotation(labels: np.ndarray, mode: str) -> np.ndarray:
+    """A result (or dense truth) in the painting convention, to correct rather than paint from scratch.
+
+    Instance ids become id + 1 (objects >= 2) and background 1; semantic classes stay as they are.
+    A new array: the result is left as it was.
+    """
+    labels = np.asarray(labels)
+    if mode == "instance":
+        return np.where(labels > 0, labels.astype(np.uint32) + 1, 1).astype(np.uint32)
+    return labels.astype(np.uint8, copy=True)
+
+
 def check_labels(annotation: np.ndarray) -> None:
     """Refuse an annotation that is not non-negative integer labels (0 = not annotated, 1 = background)."""
     check_label_image(annotation, "annotation")

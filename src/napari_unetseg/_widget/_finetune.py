@@ -10,7 +10,8 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, ProgressBa
 
 from .. import versions
 from ..checkpoint import CheckpointError, ModelInfo, save_checkpoint
-from ..targets import painting_advice
+from ..options import labels_dtype
+from ..targets import painting_advice, result_as_annotation
 from ..training_types import TrainResult
 from ._jobs import EntropyUpdate, FineTuneJob, FineTuneUpdate, JobFailed, PreviewSource, entropy_job
 from ._layers import (
@@ -144,14 +145,13 @@ class FineTunePanel(Container):
         except (UserError, CheckpointError) as exc:
             notify("warning", str(exc))
             return
-        dtype = np.uint32 if mode == "instance" else np.uint8
-        self._add_annotations(source, np.zeros(source.spatial_shape, dtype), 2 if mode == "instance" else 1)
+        self._add_annotations(source, np.zeros(source.spatial_shape, labels_dtype(mode)), 2 if mode == "instance" else 1)
 
     def from_result(self, *_: object) -> None:
         """Start annotations from the segmentation result so only mistakes need painting.
 
-        Instance ids become id + 1 (objects >= 2) and background 1; semantic classes stay. Planes
-        that were not segmented stay 0 (not annotated).
+        See :func:`~.targets.result_as_annotation`; planes that were not segmented stay 0 (not
+        annotated).
         """
         try:
             source, mode = self._source_and_mode()
@@ -162,11 +162,7 @@ class FineTunePanel(Container):
         if result is None:
             notify("warning", f"There is no result for '{source.name}' yet: click Segment first.")
             return
-        labels = np.asarray(result.data)
-        if mode == "instance":
-            data = np.where(labels > 0, labels.astype(np.uint32) + 1, 1).astype(np.uint32)
-        else:
-            data = labels.astype(np.uint8, copy=True)
+        data = result_as_annotation(result.data, mode)
         done = self.host.segment.segmented.get(result.unique_id)
         if source.plane_shape and done is not None:
             for index in np.ndindex(*source.plane_shape):
@@ -238,10 +234,10 @@ class FineTunePanel(Container):
     def _on_step(self, update: FineTuneUpdate) -> None:
         if update.preview is not None:
             source = self._context["source"]
-            dtype = np.uint32 if self._context["instance"] else np.uint8
+            dtype = labels_dtype("instance" if self._context["instance"] else "semantic")
             # a layer of its own, beside the start model's result, so the two can be compared
             preview = f"fine-tuning {self._context['entry'].name}"
-            labels = self.host.owned.labels(source, np.dtype(dtype), clear=False, model=preview)
+            labels = self.host.owned.labels(source, dtype, clear=False, model=preview)
             write_planes(labels, [(update.preview.index, update.preview.labels)])
         if update.note:
             notify("warning", update.note)
