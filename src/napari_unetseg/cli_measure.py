@@ -12,10 +12,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .cli_common import CliError
 from .outputs import check_writable_folder, file_stem, refuse_existing, refuse_outputs_over_inputs
+
+if TYPE_CHECKING:
+    from .scales import PixelSize
 
 CSV_SUFFIX = ".csv"
 
@@ -36,7 +39,8 @@ def add_scale_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--pixel-size", type=pixel_size, metavar="SIZE[,SIZE...]",
         help="pixel size along each spatial axis of the labels (Z,Y,X or Y,X), or one size for all; adds "
-        "area_<unit>2 / volume_<unit>3 columns (default: pixels only)",
+        "area_<unit>2 / volume_<unit>3 columns (default: the size an OME or ImageJ TIFF or an OME-Zarr records, "
+        "in um; else pixels only)",
     )
     parser.add_argument("--unit", default="um", help="unit of --pixel-size, used in column names (default: um)")
 
@@ -87,7 +91,8 @@ def run_measure(args: argparse.Namespace) -> int:
         if channel is None and infos[1].shape != infos[0].shape:
             raise CliError(f"{args.labels} has shape {infos[0].shape} but {args.image} has {infos[1].shape}")
         image = channel_last(read_image(args.image), channel)
-    write_table(make_table(read_image(args.labels), image, axes, args, str(args.labels)), args.output, args)
+    recorded = [info.pixel_size for info in infos]  # the labels' own, then the image's
+    write_table(make_table(read_image(args.labels), image, axes, args, str(args.labels), recorded), args.output, args)
     return 0
 
 
@@ -164,13 +169,21 @@ def plan_segment_measurements(
     return list(paths)
 
 
-def make_table(labels: Any, image: Any, axes: str | None, args: argparse.Namespace, what: str) -> dict[str, Any]:
-    """The measurement table of ``labels`` (``image`` for intensities, ``--pixel-size`` for units)."""
+def make_table(
+    labels: Any, image: Any, axes: str | None, args: argparse.Namespace, what: str,
+    recorded: Sequence[PixelSize | None] = (),
+) -> dict[str, Any]:
+    """The measurement table of ``labels`` (``image`` for intensities). Units: ``--pixel-size``, else
+    the first of the files' ``recorded`` pixel sizes that covers every spatial axis (in um)."""
     from .measurements import measure_objects, resolve_axes
 
     try:
         axes = resolve_axes(labels, axes)
-        return measure_objects(labels, image, axes=axes, scale=_scale(args.pixel_size, axes), unit=args.unit)
+        sizes, unit = args.pixel_size, args.unit
+        if sizes is None:
+            found = [size.along(axes.replace("T", "")) for size in recorded if size is not None]
+            sizes, unit = next(((s, "um") for s in found if s is not None), (None, unit))
+        return measure_objects(labels, image, axes=axes, scale=_scale(sizes, axes), unit=unit)
     except ValueError as exc:
         raise CliError(f"{what}: {' '.join(str(exc).split())}") from None
 

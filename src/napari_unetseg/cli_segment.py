@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
     from .checkpoint import Checkpoint
     from .inference import AxesLayout
+    from .io import ImageInfo
 
 
 def _voxel_size(text: str) -> tuple[float, float, float]:
@@ -115,7 +116,8 @@ def add_segment(commands: argparse._SubParsersAction) -> None:
                         help="with --stitch-z: consensus (default) or linking each plane's objects to the plane before "
                              "(what the cluster path does)")
     parser.add_argument("--voxel-size", type=_voxel_size, metavar="Z,Y,X",
-                        help="voxel size along Z, Y and X (any unit) for --stitch-z; default: cubic voxels")
+                        help="voxel size along Z, Y and X (any unit) for --stitch-z; default: the size an OME or ImageJ "
+                             "TIFF or an OME-Zarr records, else cubic voxels")
     parser.add_argument("--diameter", type=_diameter, default="auto", metavar="PX|auto",
                         help="object diameter in pixels for --stitch-z: stacks with larger objects are shrunk to the "
                              "model's size (default auto: measured from a first pass; 0 keeps the stack's scale)")
@@ -163,7 +165,7 @@ def _cluster_client(args: argparse.Namespace) -> Iterator[Client | None]:
 
 def _segment_into(
     out: Any, src: Path, layout: AxesLayout, checkpoint: Checkpoint, client: Client | None, device: Any,
-    args: argparse.Namespace, progress: ProgressBar,
+    args: argparse.Namespace, progress: ProgressBar, voxel_size: Sequence[float] | None,
 ) -> None:
     """Segment ``src`` into ``out``: in this process, or as tasks on the cluster of ``client``."""
     from .inference import segment
@@ -174,7 +176,7 @@ def _segment_into(
         "precision": args.precision, "backend": args.backend, "stitch_z": args.stitch_z, "progress": progress,
     }
     if client is None:
-        segment(read_image(src), checkpoint, out=out, z_method=args.z_method, voxel_size=args.voxel_size,
+        segment(read_image(src), checkpoint, out=out, z_method=args.z_method, voxel_size=voxel_size,
                 diameter=args.diameter, **options)
         return
     if args.stitch_z and args.z_method == "consensus":
@@ -184,7 +186,20 @@ def _segment_into(
     segment_distributed(src, out, checkpoint, client, **options)
 
 
-def _engine_parameters(args: argparse.Namespace, device: Any, layout: AxesLayout, shape: Sequence[int]) -> dict:
+def _stack_voxel_size(args: argparse.Namespace, src: Path, info: ImageInfo, layout: AxesLayout) -> Sequence[float] | None:
+    """The voxel size (Z, Y, X) of a 3D run: ``--voxel-size``, else what the file records (said unless quiet)."""
+    if not args.stitch_z or args.voxel_size is not None or "Z" not in layout.axes or info.pixel_size is None:
+        return args.voxel_size
+    recorded = info.pixel_size.along("ZYX")
+    if recorded is not None and not args.quiet:
+        print(f"unetseg: {src.name}: voxel size {info.pixel_size.describe('ZYX')} (Z,Y,X) from the file",
+              file=sys.stderr)
+    return recorded
+
+
+def _engine_parameters(
+    args: argparse.Namespace, device: Any, layout: AxesLayout, shape: Sequence[int], voxel_size: Sequence[float] | None
+) -> dict:
     """The options of one input's segmentation, as recorded in its output's provenance."""
     parameters = {
         "device": str(device), "precision": args.precision, "backend": args.backend, "tile_size": args.tile_size,
@@ -192,7 +207,7 @@ def _engine_parameters(args: argparse.Namespace, device: Any, layout: AxesLayout
     }
     if args.stitch_z:  # a cluster links planes whatever was asked (see _segment_into)
         z_method = "linking" if args.scheduler is not None or args.workers is not None else args.z_method
-        parameters.update(z_method=z_method, voxel_size=args.voxel_size, diameter=args.diameter)
+        parameters.update(z_method=z_method, voxel_size=voxel_size, diameter=args.diameter)
     return parameters
 
 
@@ -226,7 +241,9 @@ def _run_segment(args: argparse.Namespace) -> int:
             zip(jobs, layouts, infos, specs, tables), start=1
         ):
             started = time.monotonic()
-            record = make_record(checkpoint, _engine_parameters(args, device, layout, info.shape), src, dst)
+            voxel_size = _stack_voxel_size(args, src, info, layout)
+            parameters = _engine_parameters(args, device, layout, info.shape, voxel_size)
+            record = make_record(checkpoint, parameters, src, dst)
             label = src.name if len(jobs) == 1 else f"({number}/{len(jobs)}) {src.name}"
             bar = ProgressBar(label, sys.stderr, enabled=not args.quiet)
             # cluster workers write into a store; in this process small results stay in memory
@@ -235,10 +252,10 @@ def _run_segment(args: argparse.Namespace) -> int:
                 with labels_output(
                     dst, shape, dtype, overwrite=args.overwrite, in_memory=in_memory, metadata={RECORD_KEY: record}
                 ) as out:
-                    _segment_into(out, src, layout, checkpoint, client, device, args, bar)
+                    _segment_into(out, src, layout, checkpoint, client, device, args, bar, voxel_size)
                     if table_path is not None:  # measured before the labels are written; written after them
                         image = channel_last(read_image(src), layout.channel_axis)
-                        table = make_table(out, image, layout.output_axes(), args, str(src))
+                        table = make_table(out, image, layout.output_axes(), args, str(src), [info.pixel_size])
             except ImageReadError:
                 raise
             except ValueError as exc:  # e.g. the model needs another number of channels
@@ -251,6 +268,7 @@ def _run_segment(args: argparse.Namespace) -> int:
             if table_path is not None:
                 write_table(table, table_path, args)
     return 0
+
 
 # --------------------------------------------------------------------------- evaluate
 

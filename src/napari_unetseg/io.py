@@ -27,6 +27,7 @@ import zarr
 
 from .atomic import atomic_write, raise_naming
 from .options import LARGE_RESULT_BYTES, ZARR_SUFFIX
+from .scales import PixelSize, ome_zarr_pixel_size, tiff_pixel_size
 
 #: Images whose decoded size exceeds this are returned as lazy zarr arrays, not read into memory.
 LAZY_THRESHOLD_BYTES = 1 << 30
@@ -84,11 +85,12 @@ def _axis_letters(names: Sequence[str] | None) -> str | None:
     return "".join(letters) if known else None
 
 
-def _open_zarr(path: Path) -> tuple[zarr.Array, str | None]:
-    """The image array of a zarr store and its axis letters if recorded; for OME-Zarr the full-resolution level."""
+def _open_zarr(path: Path) -> tuple[zarr.Array, str | None, PixelSize | None]:
+    """The image array of a zarr store, its axis letters and pixel size if recorded; for OME-Zarr the
+    full-resolution level."""
     node = zarr.open(store=str(path), mode="r")
     if isinstance(node, zarr.Array):
-        return node, _axis_letters(getattr(node.metadata, "dimension_names", None))
+        return node, _axis_letters(getattr(node.metadata, "dimension_names", None)), None
     multiscales = node.attrs.get("multiscales") or node.attrs.get("ome", {}).get("multiscales")
     if not multiscales:
         arrays = sorted(name for name, _ in node.arrays())
@@ -96,7 +98,7 @@ def _open_zarr(path: Path) -> tuple[zarr.Array, str | None]:
         raise ImageReadError(f"{path}: a zarr group without OME-Zarr multiscales metadata{hint}")
     level = multiscales[0]
     names = [axis["name"] if isinstance(axis, dict) else axis for axis in level.get("axes", [])]
-    return node[level["datasets"][0]["path"]], _axis_letters(names)
+    return node[level["datasets"][0]["path"]], _axis_letters(names), _recorded(ome_zarr_pixel_size, multiscales)
 
 
 def _read_error(path: Path, exc: BaseException) -> ImageReadError:
@@ -130,11 +132,12 @@ def read_image(path: str | os.PathLike) -> np.ndarray | zarr.Array:
 
 @dataclass(frozen=True)
 class ImageInfo:
-    """What a file header says: shape and dtype of the image and its axis order, if stored."""
+    """What a file header says: shape and dtype of the image, and its axis order and pixel size if stored."""
 
     shape: tuple[int, ...]
     dtype: np.dtype
     axes: str | None
+    pixel_size: PixelSize | None = None
 
 
 def probe_image(path: str | os.PathLike) -> ImageInfo:
@@ -149,16 +152,25 @@ def probe_image(path: str | os.PathLike) -> ImageInfo:
     _check_file(path)
     try:
         if is_zarr(path):
-            array, axes = _open_zarr(path)
-            return ImageInfo(shape=tuple(array.shape), dtype=np.dtype(array.dtype), axes=axes)
+            array, axes, size = _open_zarr(path)
+            return ImageInfo(shape=tuple(array.shape), dtype=np.dtype(array.dtype), axes=axes, pixel_size=size)
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
             shape, dtype, stored = tuple(series.shape), series.dtype, series.axes
+            size = _recorded(tiff_pixel_size, tif)
     except ImageReadError:
         raise
     except Exception as exc:  # tifffile and zarr raise many kinds on malformed headers
         raise _read_error(path, exc) from None
-    return ImageInfo(shape=shape, dtype=dtype, axes=_axis_letters(stored))
+    return ImageInfo(shape=shape, dtype=dtype, axes=_axis_letters(stored), pixel_size=size)
+
+
+def _recorded(read_size: Any, metadata: Any) -> PixelSize | None:
+    """``read_size(metadata)``, or None when that metadata is damaged: it never stops the image being read."""
+    try:
+        return read_size(metadata)
+    except Exception:  # malformed metadata of any kind only loses the sizes
+        return None
 
 
 def create_labels_zarr(path: str | os.PathLike, shape: Sequence[int], dtype: Any) -> zarr.Array:
