@@ -622,32 +622,6 @@ def test_plugin_samples_widget_and_checkpoint_reader(
     assert notes[-1][0] == "error" and "broken.pt" in notes[-1][1]
 
 
-def test_fine_tuning_out_of_memory_halves_the_batch(monkeypatch, tiny_instance_checkpoint):
-    from napari_unetseg._widget._jobs import FineTuneJob
-    from napari_unetseg.training import Trainer
-
-    real_step = Trainer._step
-
-    def step(self):
-        if self.config.batch_size > 1:
-            raise RuntimeError("CUDA out of memory")
-        return real_step(self)
-
-    monkeypatch.setattr(Trainer, "_step", step)
-    image, truth = small_2d()
-    job = FineTuneJob([image], [np.where(truth > 0, truth + 1, 1)], load_checkpoint(tiny_instance_checkpoint), 3, "cpu")
-    updates = []
-    run = job.run()
-    with pytest.raises(StopIteration) as end:
-        while True:
-            updates.append(next(run))
-    assert [u.note for u in updates if u.note] == [
-        "Out of memory on cpu: continuing with batch size 2.",
-        "Out of memory on cpu: continuing with batch size 1.",
-    ]
-    assert end.value.value.history[-1].iteration == 3
-
-
 def _launched_widget(viewer) -> UNetSegWidget:
     return next(w for w in viewer.window.dock_widgets.values() if isinstance(w, UNetSegWidget))
 
