@@ -206,15 +206,11 @@ class Trainer:
     # -- batches and validation
 
     def _sample(self) -> tuple[np.ndarray, ...]:
-        """One augmented patch around a random painted pixel (or, for a share ``view_patches`` when the
-        parent's view is kept, around any pixel of the plane): image, targets, weights and, with the
-        parent's view, its probabilities ``(K, h, w)`` and the mask of pixels they apply to."""
+        """One augmented patch around a random painted pixel: image, targets, weights and, when the
+        parent's view is kept, its probabilities ``(K, h, w)`` and the mask of pixels they apply to."""
         rng, aug = self.rng, self.config.augment
         plane = self.train_planes[rng.choice(len(self.train_planes), p=self.plane_odds)]
-        if plane.parent_probabilities is not None and rng.random() < self.config.view_patches:
-            y, x = (int(rng.integers(n)) for n in plane.targets.shape)
-        else:
-            y, x = divmod(int(plane.pixels[rng.integers(plane.pixels.size)]), plane.targets.shape[1])
+        y, x = divmod(int(plane.pixels[rng.integers(plane.pixels.size)]), plane.targets.shape[1])
         jitter = rng.integers(-(self.out_size // 4), self.out_size // 4 + 1, size=2)
         coords = patch_coordinates((self.in_size, self.in_size), (y + jitter[0], x + jitter[1]), rng, aug)
         m = (self.in_size - self.out_size) // 2

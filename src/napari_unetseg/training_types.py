@@ -33,9 +33,7 @@ class TrainConfig:
     pixels (whole planes with 4+ annotated planes) is held out and scored by mean IoU on at most
     ``validation_blocks`` blocks of 32x32 px. ``distillation``: weight of the parent's own
     predictions as soft targets on unpainted pixels when fine-tuning (0 = off), so that what the
-    model knows is kept where nothing is painted; ``view_patches``: the share of patches centred
-    anywhere in a painted plane instead of on a painted pixel, so that view is kept over the whole
-    image, not only next to the painting. ``keep_norm_statistics``: when fine-tuning,
+    model knows is kept where nothing is painted. ``keep_norm_statistics``: when fine-tuning,
     batch-norm layers keep the parent's running statistics (see
     :meth:`~.model.UNet.keep_norm_statistics`). ``freeze_encoder``: train only the
     decoder (~1.4x faster on a CPU, but adapts less to new-looking images). ``cpu_bf16``:
@@ -62,7 +60,6 @@ class TrainConfig:
     validate_every: int = 25
     validation_blocks: int = 32
     distillation: float = 3.0
-    view_patches: float = 0.25
     keep_norm_statistics: bool = True
     w0: float = 10.0
     sigma: float = 5.0
