@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_unet, two_touching_discs
+from conftest import ThresholdNet, tiny_unet, two_touching_discs
 
 from napari_unetseg.augment import AugmentConfig
 from napari_unetseg.checkpoint import Checkpoint, ModelInfo, load_checkpoint, save_checkpoint
@@ -412,3 +412,24 @@ def test_fine_tuning_records_the_size_of_the_objects_painted_whole() -> None:
         strokes[cy - 1 : cy + 2, cx - 1 : cx + 2] = k + 2
     kept = Trainer(image, strokes, parent, **FAST).result()
     assert kept.info.object_diameter == 20.0  # dabs say nothing about size: the parent's is kept
+
+
+def test_a_painting_the_parent_already_reproduces_trains_nothing_and_says_so() -> None:
+    """Dabs inside nuclei the model finds, and background where it finds none, teach it nothing."""
+    image, whole = blobs(96)
+    dabs = np.zeros_like(whole)
+    dabs[:4, :] = dabs[-4:, :] = 1  # background strokes along two edges, far from the discs
+    for k in range(2, 6):
+        cy, cx = (int(v.mean()) for v in np.nonzero(whole == k))
+        dabs[cy - 2 : cy + 3, cx - 2 : cx + 3] = k
+    parent = Checkpoint(ThresholdNet(), ModelInfo(mode="instance", name="finder"))
+    trainer = Trainer(image, dabs, parent, **{**FAST, "iterations": 50})
+    steps = list(trainer.steps())
+    result = trainer.result()
+    assert trainer.parent_fit == 1.0 and steps == [] and result.verdict == "agrees" and result.improved is False
+    assert "finder already does what you painted" in result.outcome("finder")
+    assert "kept as it was" in result.outcome("finder")
+
+    missed = dabs.copy()
+    missed[40:56, 40:56] = 6  # an object where the finder sees only background
+    assert not Trainer(image, missed, parent, **FAST).agrees

@@ -21,6 +21,7 @@ from .augment import augment_intensity, patch_coordinates, sample_image, sample_
 from .checkpoint import MODES, Checkpoint, ModelInfo
 from .device import get_device
 from .inference import PlanePredictor
+from .metrics import painted_object_score
 from .model import UNet, nearest_valid_size
 from .targets import (
     IGNORE,
@@ -43,7 +44,7 @@ from .training_data import (
     painted_values,
     resolve_parent,
 )
-from .training_types import IMPROVEMENT_MARGIN, TOLERANCE, TrainConfig, TrainProgress, TrainResult
+from .training_types import AGREES_ABOVE, IMPROVEMENT_MARGIN, TOLERANCE, TrainConfig, TrainProgress, TrainResult
 from .validation import HeldOut
 
 __all__ = ["Trainer", "TrainConfig", "TrainProgress", "TrainResult", "iter_train", "train"]
@@ -146,6 +147,7 @@ class Trainer:
         predictor = None
         if self.fine_tuning and (keep_view or self.mode == "instance"):
             predictor = self._predictor(self.model)
+        fits: list[tuple[float, int]] = []  # the parent's score on each plane's painting, and its weight
         for p in self.planes:
             reference = None
             if predictor is not None:
@@ -157,7 +159,11 @@ class Trainer:
                     reference = predictor.labels(probabilities)
             if self.mode == "instance":
                 p.closed = closed_objects(p.annotation, reference)
+            if reference is not None:
+                fits.append((painted_object_score(reference, p.annotation, p.closed), len(np.unique(p.annotation))))
             p.targets = derive_targets(p.annotation, self.mode, p.closed)
+        scores, weights = zip(*fits) if fits else ((), ())
+        self.parent_fit = float(np.average(scores, weights=weights)) if fits else None
 
     def _predictor(self, network: UNet) -> PlanePredictor:
         """Segments normalised planes with ``network`` as users will get them, in float32 with PyTorch
@@ -296,8 +302,11 @@ class Trainer:
         Best weights: highest validation score, else lowest smoothed training loss. When
         fine-tuning, the parent is scored first and is kept unless later weights come within
         :data:`TOLERANCE`, so training never makes it worse on held-out annotations.
+        Nothing is trained when the parent already reproduces the painting (:attr:`agrees`).
         """
         cfg, total = self.config, self.config.iterations
+        if self.agrees:
+            return
         if self.validates and self.fine_tuning and self.done == 0:
             self.parent_score = self.last_val = self.validate()
             self.best_metric = self.parent_score - TOLERANCE
@@ -352,8 +361,15 @@ class Trainer:
         return TrainResult(model.eval(), self._info(), list(self.history), self.best_iteration, self.stopped,
                            self.parent_score, self._verdict())
 
+    @property
+    def agrees(self) -> bool:
+        """Whether the parent already reproduces the painting, so training is skipped (:data:`AGREES_ABOVE`)."""
+        return self.parent_fit is not None and self.parent_fit >= AGREES_ABOVE
+
     def _verdict(self) -> str | None:
         """See :class:`TrainResult`."""
+        if self.agrees:
+            return "agrees"
         if self.parent_score is None:
             return None
         if self.best_iteration == 0:
@@ -371,6 +387,8 @@ class Trainer:
         if self.validates:
             metrics["val_score"] = best
             metrics["val_kind"] = "scorer" if self.scorer else self.held_out.kind
+        if self.parent_fit is not None:
+            metrics["parent_painting_score"] = self.parent_fit
         if self.parent_score is not None:
             metrics["parent_val_score"] = self.parent_score
             metrics["best_trained_val_score"] = self.best_tried if math.isfinite(self.best_tried) else None
