@@ -91,11 +91,16 @@ def seeded_watershed(
     At level ``t`` every labelled pixel no higher than ``t`` passes its label to unlabelled 4-neighbours
     in the mask until nothing changes, as skimage's watershed pops pixels in order of height and
     labels their neighbours; within one level, nearer pixels come first. Unreachable pixels stay 0.
+    Elevations above 1 start to spread at the last level.
     """
     labels = torch.where(mask, seeds, 0)
     open_ = mask & (seeds == 0)
-    for level in torch.linspace(0, 1, levels + 1)[1:].tolist():
-        spreads = elevation <= level
+    edges = torch.linspace(0, 1, levels + 1, device=elevation.device)[1:]
+    edges[-1] = torch.inf  # the last level floods everything left
+    first_level = torch.where(mask, torch.bucketize(elevation, edges), levels)  # where each pixel starts to spread
+    used = torch.bincount(first_level.view(-1), minlength=levels + 1)[:levels].nonzero().view(-1).tolist()
+    for level in used:  # a level no pixel starts to spread at changes nothing: skipped
+        spreads = elevation <= edges[level]
         while True:
             before = labels
             for _ in range(STEPS_PER_CHECK):
