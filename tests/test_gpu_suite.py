@@ -14,7 +14,9 @@ MEASURES = ("naive loop", "default: segment() as shipped", "post-processing on c
 
 def test_the_dry_run_writes_the_table_and_ends_with_the_speedup(tmp_path):
     table = tmp_path / "suite.md"
-    env = {**os.environ, "PYTHON": sys.executable}
+    # this checkout's package, as the tests import it (an editable install or PYTHONPATH=src)
+    source = os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": source}
     result = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_suite.sh"), "--dry-run", "--out", str(table)],
                             capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr
