@@ -37,18 +37,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from napari_unetseg.atomic import atomic_write
+from napari_unetseg.checkpoint import Checkpoint
+from napari_unetseg.device import get_device
+from napari_unetseg.inference import PlanePredictor, parse_axes, predict_planes, segment
+from napari_unetseg.metrics import agreement, object_matching
+from napari_unetseg.models import resolve_model
+from napari_unetseg.postprocess_torch import device_postprocess_agrees
+from napari_unetseg.synthetic import synthetic_nuclei_2d
+from napari_unetseg.training import TrainConfig, Trainer
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from inference import PeakMemory, make_stack, naive_segment  # noqa: E402
-
-from napari_unetseg.atomic import atomic_write  # noqa: E402
-from napari_unetseg.checkpoint import Checkpoint  # noqa: E402
-from napari_unetseg.device import get_device  # noqa: E402
-from napari_unetseg.inference import PlanePredictor, parse_axes, predict_planes, segment  # noqa: E402
-from napari_unetseg.metrics import agreement, object_matching  # noqa: E402
-from napari_unetseg.models import resolve_model  # noqa: E402
-from napari_unetseg.postprocess_torch import device_postprocess_agrees  # noqa: E402
-from napari_unetseg.synthetic import synthetic_nuclei_2d  # noqa: E402
-from napari_unetseg.training import TrainConfig, Trainer  # noqa: E402
 
 #: Crowded, touching nuclei: a style the built-in model still gets wrong now and then, so fine-tuning can win.
 FINETUNE_STYLE = {"coverage": 0.55, "spacing": 0.8, "clustering": 0.8, "radius": 12.0}
@@ -168,14 +168,15 @@ def throughput(table: Table, checkpoint: Checkpoint, device: torch.device, size:
         engine(stack[:2], predictor)
         labels, seconds, memory = measure(lambda p=predictor: engine(stack, p), device)
         table.add(f"largest batch ({predictor.batch_size}), post-processing on {post}", size, f"{planes} planes",
-                  f"{planes / seconds:.1f} planes/s", memory, f"x{naive_seconds / seconds:.2f}", describe(labels, naive))
+                  f"{planes / seconds:.1f} planes/s", memory, f"x{naive_seconds / seconds:.2f}",
+                  describe(labels, naive))
         results[post] = (labels, seconds, predictor)
     return results
 
 
 def model_only(table: Table, small: dict[str, Any], device: torch.device) -> None:
     """The network alone on normalised planes already on the device, against the end-to-end row."""
-    labels, end_to_end, predictor = small["device"]
+    _, end_to_end, predictor = small["device"]
     stack = small["stack"]
     inputs = torch.from_numpy(np.stack([predictor.prepare(p[None]) for p in stack])).to(device)
     batches = inputs.split(predictor.batch_size)
@@ -183,8 +184,8 @@ def model_only(table: Table, small: dict[str, Any], device: torch.device) -> Non
     synchronize(device)
     _, seconds, memory = measure(lambda: [predictor.fast(batch) for batch in batches], device)
     planes = len(stack)
-    table.add(f"model only (batch {predictor.batch_size}, inputs on the device)", stack.shape[-1], f"{planes} planes",
-              f"{planes / seconds:.1f} planes/s", memory)
+    table.add(f"model only (batch {predictor.batch_size}, inputs on the device)", stack.shape[-1],
+              f"{planes} planes", f"{planes / seconds:.1f} planes/s", memory)
     table.add("end to end / model only (post-processing on the device)", stack.shape[-1], f"{planes} planes",
               f"{seconds / end_to_end:.0%}")
 

@@ -151,7 +151,7 @@ def instances_torch(
 
 
 def classes_torch(probabilities: torch.Tensor, weights: Sequence[float] | None = None) -> torch.Tensor:
-    """``(N, K, H, W)`` probabilities -> ``(N, H, W)`` class map 1..K, as :func:`~.postprocess.probabilities_to_classes`."""
+    """``(N, K, H, W)`` probabilities -> ``(N, H, W)`` class map 1..K (:func:`~.postprocess.probabilities_to_classes`)."""
     if weights is not None:
         scale = torch.as_tensor(weights, dtype=probabilities.dtype, device=probabilities.device)
         probabilities = probabilities * scale.view(1, -1, 1, 1)
@@ -171,7 +171,9 @@ def to_host(labels: torch.Tensor, dtype: np.dtype) -> np.ndarray:
     return small.numpy().view(dtype)
 
 
-def device_labels(probabilities: list[torch.Tensor], mode: str, weights: Sequence[float] | None = None) -> list[np.ndarray]:
+def device_labels(
+    probabilities: list[torch.Tensor], mode: str, weights: Sequence[float] | None = None
+) -> list[np.ndarray]:
     """Labels of ``(K, H, W)`` probability planes (same size, one device), computed together on their device."""
     if not probabilities:
         return []
