@@ -151,7 +151,7 @@ def instances_torch(
 
 
 def classes_torch(probabilities: torch.Tensor, weights: Sequence[float] | None = None) -> torch.Tensor:
-    """``(N, K, H, W)`` probabilities -> ``(N, H, W)`` classes 1..K, as :func:`~.postprocess.probabilities_to_classes`."""
+    """``(N, K, H, W)`` probabilities -> ``(N, H, W)`` classes 1..K (:func:`~.postprocess.probabilities_to_classes`)."""
     if weights is not None:
         scale = torch.as_tensor(weights, dtype=probabilities.dtype, device=probabilities.device)
         probabilities = probabilities * scale.view(1, -1, 1, 1)
