@@ -180,19 +180,21 @@ class PlanePredictor:
             return None
         return np.stack(channels)
 
-    def probabilities(
-        self, planes: list[np.ndarray], should_stop: Callable[[], bool] | None = None, on_device: bool = False
-    ) -> list[Any]:
+    def probabilities(self, planes: list[np.ndarray], should_stop: Callable[[], bool] | None = None) -> list[np.ndarray]:
         """Class probabilities ``(K, H, W)`` for each normalised ``(C, H, W)`` plane (same size).
 
-        float32, or float16 for planes above :data:`~.postprocess.STRIPWISE_PIXELS` pixels; numpy
-        arrays, or tensors on the predictor's device with ``on_device``.
+        float32, or float16 for planes above :data:`~.postprocess.STRIPWISE_PIXELS` pixels.
         """
+        return [p.numpy() for p in self.probabilities_on(torch.device("cpu"), planes, should_stop)]
+
+    def probabilities_on(
+        self, where: torch.device, planes: list[np.ndarray], should_stop: Callable[[], bool] | None = None
+    ) -> list[torch.Tensor]:
+        """:meth:`probabilities` as tensors on ``where`` (the predictor's device: post-processed there)."""
         plan = self.plan(*planes[0].shape[-2:])
         padded = [plan.pad(p) for p in planes]
         # huge planes keep probabilities in float16 (half the memory; they are thresholded and compared only)
         dtype = torch.float16 if math.prod(plan.padded_shape) > STRIPWISE_PIXELS else torch.float32
-        where = self.device if on_device else torch.device("cpu")
         outputs = [torch.zeros((self.num_classes, *plan.padded_shape), dtype=dtype, device=where) for _ in planes]
         jobs = [(i, tile) for i in range(len(planes)) for tile in plan.tiles]
         for start in range(0, len(jobs), self.batch_size):
@@ -203,7 +205,7 @@ class PlanePredictor:
             probs = self.fast(torch.from_numpy(batch)).to(where)
             for (i, tile), prob in zip(chunk, probs):
                 outputs[i][(slice(None), *tile.target)] = prob[(slice(None), *tile.keep)]
-        return [plan.crop(o) if on_device else plan.crop(o).numpy() for o in outputs]
+        return [plan.crop(o) for o in outputs]
 
     def labels(self, probabilities: np.ndarray) -> np.ndarray:
         if self.checkpoint.info.mode == "instance":
@@ -301,7 +303,12 @@ def predict_planes(
             indices = order[start : start + per_batch]
             prepared = [predictor.prepare(_read_plane(image, layout, index)) for index in indices]
             ready = [p for p in prepared if p is not None]
-            probabilities = predictor.probabilities(ready, on_device=predictor.postprocess == "device") if ready else []
+            if not ready:
+                probabilities = []
+            elif predictor.postprocess == "device":
+                probabilities = predictor.probabilities_on(predictor.device, ready)
+            else:
+                probabilities = predictor.probabilities(ready)
             if pending is not None:
                 yield pending.result()
             pending = post_processing.submit(_batch_labels, predictor, plan.shape, indices, prepared, probabilities)
