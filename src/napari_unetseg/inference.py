@@ -29,6 +29,7 @@ from .metrics import agreement
 from .model import UNet
 from .optimize import cache_dir, cache_key, cpu_supports_bf16, make_fast_model, read_cache, write_cache
 from .postprocess import STRIPWISE_PIXELS, link_to_previous, probabilities_to_classes, probabilities_to_instances
+from .postprocess_torch import device_labels, resolve_postprocess
 from .synthetic import synthetic_nuclei_2d
 from .tiling import TilePlan, plan_tiles
 
@@ -124,7 +125,9 @@ class PlanePredictor:
     """Runs a checkpoint's network on normalised planes, tiling planes larger than ``tile_size``.
 
     On a GPU, batch and tile sizes shrink to fit its free memory; ``batch_size=None`` takes the
-    largest batch that fits (4 on a CPU). ``precision`` as in :func:`resolve_precision`.
+    largest batch that fits (4 on a CPU). ``precision`` as in :func:`resolve_precision`. ``postprocess``
+    ``"device"`` turns probabilities into labels where the network ran (:mod:`.postprocess_torch`);
+    ``"auto"`` does so on CUDA when a probe shows the labels agree with the CPU path's.
     """
 
     def __init__(
@@ -135,6 +138,7 @@ class PlanePredictor:
         tile_size: int = 1024,
         precision: str = "auto",
         backend: str = "torch",
+        postprocess: str = "auto",
     ) -> None:
         problem = info_problem(checkpoint.info, checkpoint.model.num_classes)
         if problem:  # checked at load already; this catches checkpoints built in memory
@@ -149,6 +153,8 @@ class PlanePredictor:
         )
         self.batch_size = max(1, int(batch_size))
         self.tile_size = tile_size
+        info = checkpoint.info
+        self.postprocess = resolve_postprocess(postprocess, self.fast, self.network, info.mode, info.normalization)
 
     @property
     def device(self) -> torch.device:
@@ -180,18 +186,24 @@ class PlanePredictor:
 
         float32, or float16 for planes above :data:`~.postprocess.STRIPWISE_PIXELS` pixels.
         """
+        return [p.numpy() for p in self.probabilities_on(torch.device("cpu"), planes, should_stop)]
+
+    def probabilities_on(
+        self, where: torch.device, planes: list[np.ndarray], should_stop: Callable[[], bool] | None = None
+    ) -> list[torch.Tensor]:
+        """:meth:`probabilities` as tensors on ``where`` (the predictor's device: post-processed there)."""
         plan = self.plan(*planes[0].shape[-2:])
         padded = [plan.pad(p) for p in planes]
         # huge planes keep probabilities in float16 (half the memory; they are thresholded and compared only)
-        dtype = np.float16 if math.prod(plan.padded_shape) > STRIPWISE_PIXELS else np.float32
-        outputs = [np.zeros((self.num_classes, *plan.padded_shape), dtype) for _ in planes]
+        dtype = torch.float16 if math.prod(plan.padded_shape) > STRIPWISE_PIXELS else torch.float32
+        outputs = [torch.zeros((self.num_classes, *plan.padded_shape), dtype=dtype, device=where) for _ in planes]
         jobs = [(i, tile) for i in range(len(planes)) for tile in plan.tiles]
         for start in range(0, len(jobs), self.batch_size):
             if should_stop is not None and should_stop():
                 raise SegmentationCancelled
             chunk = jobs[start : start + self.batch_size]
             batch = np.stack([padded[i][(slice(None), *tile.source)] for i, tile in chunk])
-            probs = self.fast(torch.from_numpy(batch)).cpu().numpy()
+            probs = self.fast(torch.from_numpy(batch)).to(where)
             for (i, tile), prob in zip(chunk, probs):
                 outputs[i][(slice(None), *tile.target)] = prob[(slice(None), *tile.keep)]
         return [plan.crop(o) for o in outputs]
@@ -292,7 +304,12 @@ def predict_planes(
             indices = order[start : start + per_batch]
             prepared = [predictor.prepare(_read_plane(image, layout, index)) for index in indices]
             ready = [p for p in prepared if p is not None]
-            probabilities = predictor.probabilities(ready) if ready else []
+            if not ready:
+                probabilities = []
+            elif predictor.postprocess == "device":
+                probabilities = predictor.probabilities_on(predictor.device, ready)
+            else:
+                probabilities = predictor.probabilities(ready)
             if pending is not None:
                 yield pending.result()
             pending = post_processing.submit(_batch_labels, predictor, plan.shape, indices, prepared, probabilities)
@@ -302,11 +319,15 @@ def predict_planes(
 
 def _batch_labels(
     predictor: PlanePredictor, shape: tuple[int, int], indices: Sequence[tuple[int, ...]],
-    prepared: list[np.ndarray | None], probabilities: list[np.ndarray],
+    prepared: list[np.ndarray | None], probabilities: list[Any],
 ) -> list[PlaneResult]:
-    remaining = iter(probabilities)
+    if predictor.postprocess == "device":  # the whole batch at once, where the network ran
+        info = predictor.checkpoint.info
+        remaining = iter(device_labels(probabilities, info.mode, info.decision_weights))
+    else:
+        remaining = (predictor.labels(p) for p in probabilities)
     return [
-        PlaneResult(index, predictor.blank_labels(shape) if plane is None else predictor.labels(next(remaining)))
+        PlaneResult(index, predictor.blank_labels(shape) if plane is None else next(remaining))
         for index, plane in zip(indices, prepared)
     ]
 

@@ -59,10 +59,17 @@ def drop_small_objects(labels: np.ndarray, min_size: int, relative_min_size: flo
     """
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
+    return _drop_small(labels, sizes, size_threshold(sizes[1:], min_size, relative_min_size))
+
+
+def size_threshold(sizes: np.ndarray, min_size: int, relative_min_size: float = 0.0) -> int:
+    """The smallest object size kept among objects of ``sizes`` pixels: ``min_size``, or ``relative_min_size``
+    times the median size of the objects that reach ``min_size`` when that is more (one rule for every path).
+    """
     counted = sizes[sizes >= max(min_size, 1)]
     if relative_min_size > 0 and counted.size:
-        min_size = max(min_size, int(relative_min_size * np.median(counted)))
-    return _drop_small(labels, sizes, min_size)
+        return max(min_size, int(relative_min_size * np.median(counted)))
+    return min_size
 
 
 def _instances(probabilities: np.ndarray, threshold: float) -> np.ndarray:
