@@ -234,6 +234,8 @@ def make_fast_model(
     """The fastest runner for ``device``: ONNX Runtime for float32 on the CPU when installed, else PyTorch."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if getattr(model, "runs_itself", False):  # a bioimage.io package's ONNX network (see .bioimageio_load)
+        return FastModel(model, device, "float32")
     float32_cpu = device.type == "cpu" and choose_precision(device, precision) == torch.float32
     if backend == "onnxruntime" and not (float32_cpu and onnxruntime_available()):
         raise ValueError("the onnxruntime backend needs float32 on the CPU and `pip install onnxruntime onnx`")
