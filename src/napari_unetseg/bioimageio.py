@@ -30,6 +30,7 @@ from torch import nn
 from . import __version__
 from .atomic import atomic_write
 from .checkpoint import Checkpoint
+from .model import UNet
 from .normalize import CLIP_HIGH, CLIP_LOW
 
 RDF_NAME = "rdf.yaml"
@@ -72,7 +73,9 @@ class Probabilities(nn.Module):
         return torch.softmax(self.network(x), dim=1)
 
 
-def export_package(checkpoint: Checkpoint | str | os.PathLike, path: str | os.PathLike, overwrite: bool = False) -> Path:
+def export_package(
+    checkpoint: Checkpoint | str | os.PathLike, path: str | os.PathLike, overwrite: bool = False
+) -> Path:
     """Write ``checkpoint`` (a :class:`Checkpoint`, built-in name or file) as a bioimage.io package zip.
 
     The zip appears under ``path`` only when complete (written to a temporary file first); an
@@ -82,7 +85,11 @@ def export_package(checkpoint: Checkpoint | str | os.PathLike, path: str | os.Pa
 
     path = Path(path)
     checkpoint = resolve_checkpoint(checkpoint)
-    model = checkpoint.model.cpu().eval()
+    model = checkpoint.model
+    if not isinstance(model, UNet):
+        raise ValueError(f"{checkpoint.path or 'this model'} is another tool's network; only napari-unetseg's "
+                         "U-Nets can be exported")
+    model.cpu().eval()
     if model.config["padding"] != "same":
         raise ValueError("only padding='same' networks can be exported (their output has the input's size)")
     if path.suffix.lower() != ".zip":

@@ -261,7 +261,8 @@ class PackagedNetwork(nn.Module):
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
         self.session = onnxruntime.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
-        self.axes_in, self.axes_out, self.size_min, self.size_step, self.halo = axes_in, axes_out, size_min, size_step, halo
+        self.axes_in, self.axes_out, self.halo = axes_in, axes_out, halo
+        self.size_min, self.size_step = size_min, size_step
         depth = int(math.log2(size_step)) if size_step & (size_step - 1) == 0 else 0
         self.config = {"in_channels": len(channels), "num_classes": 0, "base_channels": 32, "depth": depth,
                        "padding": "same"}
