@@ -205,9 +205,8 @@ def test_cli_export_writes_a_package_and_refuses_bad_outputs(tmp_path, tiny_inst
 
 
 def bioimageio_command() -> str | None:
-    """bioimage.io's ``bioimageio`` command: ``$UNETSEG_BIOIMAGEIO``, else on the PATH, else the team's venv."""
-    for candidate in (os.environ.get("UNETSEG_BIOIMAGEIO"), shutil.which("bioimageio"),
-                      "/work/venv-bioimageio/bin/bioimageio"):
+    """bioimage.io's ``bioimageio`` command: ``$UNETSEG_BIOIMAGEIO`` (e.g. in a venv of its own), else on the PATH."""
+    for candidate in (os.environ.get("UNETSEG_BIOIMAGEIO"), shutil.which("bioimageio")):
         if candidate and Path(candidate).is_file():
             return candidate
     return None
