@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import zipfile
@@ -124,6 +125,12 @@ def onnx_bytes(network: torch.nn.Module) -> bytes:
     return buffer.getvalue()
 
 
+def script_bytes() -> bytes:
+    buffer = io.BytesIO()
+    torch.jit.save(torch.jit.trace(ForegroundNet(), torch.zeros(1, 1, 32, 32)), buffer)
+    return buffer.getvalue()
+
+
 def make_package(path: Path, axes: str = "bcyx", preprocessing: list | None = None, onnx: bool = True) -> Path:
     """A small package as another tool writes it (YAML, spec 0.5) around :class:`ForegroundNet`."""
     kinds = {"b": {"type": "batch"}, "c": {"type": "channel", "channel_names": ["raw"]}}
@@ -140,7 +147,7 @@ def make_package(path: Path, axes: str = "bcyx", preprocessing: list | None = No
            "outputs": [{"id": "out", "axes": out_axes}], "weights": weights}
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("rdf.yaml", yaml.safe_dump(rdf))
-        archive.writestr("net.onnx" if onnx else "net.pt", onnx_bytes(ForegroundNet()))
+        archive.writestr("net.onnx" if onnx else "net.pt", onnx_bytes(ForegroundNet()) if onnx else script_bytes())
     return path
 
 
@@ -157,16 +164,31 @@ def test_a_tools_probability_package_works_as_a_semantic_model(tmp_path, backend
     assert np.array_equal(labels[clear], np.where(normalised > 0.2, 2, 1)[clear])
 
 
+def test_torchscript_runs_only_when_trusted(tmp_path, monkeypatch):
+    package = make_package(tmp_path / "script.zip", onnx=False)
+    with pytest.raises(PackageError, match="torchscript weights are code"):
+        load_package(package)
+    image = synthetic_nuclei_2d((64, 48), seed=5)[0]
+    onnx_labels = segment(image, make_package(tmp_path / "onnx.zip"), device="cpu", precision="float32")
+    assert 0.05 < (onnx_labels == 2).mean() < 0.95
+    trusted = load_package(package, trust_torchscript=True)
+    assert trusted.info.training["weights"] == "torchscript"
+    assert np.array_equal(segment(image, trusted, device="cpu", precision="float32"), onnx_labels)
+    monkeypatch.setenv("NAPARI_UNETSEG_TRUST_TORCHSCRIPT", "1")  # what --model reads
+    assert np.array_equal(segment(image, str(package), device="cpu", precision="float32"), onnx_labels)
+
+
 @pytest.mark.parametrize(("kind", "message"), [
     ("3d", "a 3D or time-lapse network"),
     ("zero_mean", "unknown preprocessing 'zero_mean_unit_variance'"),
-    ("torchscript", "no ONNX weights"),
+    ("torchscript", "no ONNX weights (it has torchscript); its torchscript weights are code: set "
+                    "NAPARI_UNETSEG_TRUST_TORCHSCRIPT=1"),
 ])
 def test_a_package_that_cannot_work_is_one_clear_error(tmp_path, capsys, kind, message):
     options = {"3d": {"axes": "bczyx"}, "torchscript": {"onnx": False},
                "zero_mean": {"preprocessing": [{"id": "zero_mean_unit_variance", "kwargs": {"axes": ["y", "x"]}}]}}
     package = make_package(tmp_path / "bad.zip", **options[kind])
-    with pytest.raises(PackageError, match=message):
+    with pytest.raises(PackageError, match=re.escape(message)):
         load_package(package)
     image = tmp_path / "image.tif"
     tifffile.imwrite(image, synthetic_nuclei_2d((64, 64), seed=0)[0])

@@ -6,9 +6,11 @@
 - Another tool's 2D package with probability outputs becomes a semantic model (label k = output channel
   k; one channel p becomes background 1 - p and foreground p) run from its ONNX weights by ONNX Runtime.
   Its preprocessing must be the one we apply ourselves (``scale_range`` per plane, optionally ``clip``
-  no tighter than ours); torchscript and Python architectures are code and are not run.
-- Anything else (3D or time axes, several inputs, other preprocessing, no ONNX weights) is refused
-  with one :class:`PackageError` naming the package and the reason.
+  no tighter than ours). Torchscript is code: a package with only torchscript weights runs only when
+  the user says it is trusted (``trust_torchscript``, or ``NAPARI_UNETSEG_TRUST_TORCHSCRIPT=1`` for
+  ``--model``); Python architectures are never run.
+- Anything else (3D or time axes, several inputs, other preprocessing, no weights we may run) is
+  refused with one :class:`PackageError` naming the package and the reason.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from .normalize import CLIP_HIGH, CLIP_LOW
 _NO_OPS = ("ensure_dtype", "ensure_float32")
 #: Context (pixels per side) given to tiles of a package that states no halo.
 DEFAULT_HALO = 32
+#: Set to 1 to run the torchscript weights of packages that carry no ONNX weights (torchscript is code).
+TRUST_ENV = "NAPARI_UNETSEG_TRUST_TORCHSCRIPT"
 
 
 class PackageError(CheckpointError):
@@ -49,9 +53,15 @@ def is_package(path: str | os.PathLike) -> bool:
         return False
 
 
-def load_package(path: str | os.PathLike) -> Checkpoint:
-    """The package at ``path`` as a ready :class:`Checkpoint` (network in eval mode on the CPU)."""
+def load_package(path: str | os.PathLike, trust_torchscript: bool | None = None) -> Checkpoint:
+    """The package at ``path`` as a ready :class:`Checkpoint` (network in eval mode on the CPU).
+
+    ``trust_torchscript`` allows running torchscript weights (code) when there are no ONNX weights;
+    ``None`` reads :data:`TRUST_ENV`.
+    """
     path = Path(path)
+    if trust_torchscript is None:
+        trust_torchscript = os.environ.get(TRUST_ENV) == "1"
     if not path.is_file():
         raise PackageError(f"{path}: no such bioimage.io package")
     try:
@@ -65,7 +75,7 @@ def load_package(path: str | os.PathLike) -> Checkpoint:
             own = (rdf.get("config") or {}).get(CONFIG_KEY)
             if own is not None and "pytorch_state_dict" in (rdf.get("weights") or {}):
                 return _own_checkpoint(archive, rdf, own, path)
-            return _foreign_checkpoint(archive, rdf, path)
+            return _foreign_checkpoint(archive, rdf, path, trust_torchscript)
     except zipfile.BadZipFile:
         raise PackageError(f"{path}: not a zip file (damaged or another kind of file)") from None
 
@@ -123,8 +133,8 @@ def _own_checkpoint(archive: zipfile.ZipFile, rdf: dict[str, Any], own: dict[str
     return checkpoint_from_payload(payload, path)
 
 
-def _foreign_checkpoint(archive: zipfile.ZipFile, rdf: dict[str, Any], path: Path) -> Checkpoint:
-    """Another tool's 2D probability network, run from its ONNX weights as a semantic model."""
+def _foreign_checkpoint(archive: zipfile.ZipFile, rdf: dict[str, Any], path: Path, trust: bool) -> Checkpoint:
+    """Another tool's 2D probability network, run from its ONNX (or trusted torchscript) weights as a semantic model."""
     inputs, outputs = rdf.get("inputs") or [], rdf.get("outputs") or []
     if len(inputs) != 1 or len(outputs) != 1:
         raise PackageError(f"{path}: {len(inputs)} inputs and {len(outputs)} outputs; napari-unetseg runs "
@@ -136,20 +146,22 @@ def _foreign_checkpoint(archive: zipfile.ZipFile, rdf: dict[str, Any], path: Pat
     if steps:
         raise PackageError(f"{path}: output postprocessing {_step_id(steps[0])!r} is not supported")
     weights = rdf.get("weights") or {}
-    if "onnx" not in weights:
+    kind = "onnx" if "onnx" in weights else "torchscript" if "torchscript" in weights and trust else None
+    if kind is None:
         formats = ", ".join(weights) or "none"
-        raise PackageError(f"{path}: no ONNX weights (it has {formats}); napari-unetseg runs bioimage.io packages "
-                           "by ONNX Runtime only, as torchscript and Python architectures are code")
+        advice = (f"; its torchscript weights are code: set {TRUST_ENV}=1 to run them if you trust the package's "
+                  "author" if "torchscript" in weights else "")
+        raise PackageError(f"{path}: no ONNX weights (it has {formats}){advice}")
     size_min, size_step = _input_size(tensor_in, axes_in, path)
     channels = _channels(tensor_in, axes_in, "channel")
-    network = PackagedNetwork(_read(archive, weights["onnx"], path), axes_in, axes_out, channels,
+    network = PackagedNetwork(kind, _read(archive, weights[kind], path), axes_in, axes_out, channels,
                               size_min, size_step, _halo(tensor_out))
     classes = _channels(tensor_out, axes_out, "class")
     names = classes if network.num_classes == len(classes) else ["background", *classes]
     info = ModelInfo(
         mode="semantic", class_names=names, normalization={"low": low, "high": high},
         name=str(rdf.get("name") or path.stem), description=str(rdf.get("description") or ""),
-        training={"data": f"bioimage.io package {path.name}", "source": "bioimage.io"},
+        training={"data": f"bioimage.io package {path.name}", "source": "bioimage.io", "weights": kind},
     )
     return Checkpoint(model=network.check(path), info=info, path=path)
 
@@ -242,25 +254,29 @@ def _halo(tensor: dict[str, Any]) -> int:
 
 
 class PackagedNetwork(nn.Module):
-    """A package's ONNX network behind :class:`~.model.UNet`'s interface, for the inference engine.
+    """A package's ONNX (or torchscript) network behind :class:`~.model.UNet`'s interface, for the engine.
 
     ``forward`` maps ``(N, C, H, W)`` float32 to log-probabilities ``(N, K, H, W)`` (so the engine's
     softmax gives the package's probabilities back), mirror-padding planes to a size the network takes.
     The graph is kept as a buffer, so caches keyed by the weights (:func:`~.optimize.network_sha256`)
-    tell packages apart. ONNX Runtime runs it on the CPU whatever the engine's device.
+    tell packages apart. It runs on the CPU whatever the engine's device.
     """
 
     runs_itself = True  # :func:`~.optimize.make_fast_model`: no export, no autocast of our own
 
-    def __init__(self, graph: bytes, axes_in: str, axes_out: str, channels: list[str], size_min: int,
+    def __init__(self, kind: str, graph: bytes, axes_in: str, axes_out: str, channels: list[str], size_min: int,
                  size_step: int, halo: int) -> None:
-        import onnxruntime
-
         super().__init__()
         self.register_buffer("graph", torch.frombuffer(bytearray(graph), dtype=torch.uint8))
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        self.session = onnxruntime.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+        self.kind = kind
+        if kind == "onnx":
+            import onnxruntime
+
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = torch.get_num_threads()
+            self.session = onnxruntime.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+        else:
+            self.script = torch.jit.load(io.BytesIO(graph), map_location="cpu").eval()
         self.axes_in, self.axes_out, self.halo = axes_in, axes_out, halo
         self.size_min, self.size_step = size_min, size_step
         depth = int(math.log2(size_step)) if size_step & (size_step - 1) == 0 else 0
@@ -294,7 +310,7 @@ class PackagedNetwork(nn.Module):
         try:
             out = self._probabilities(np.zeros((1, self.in_channels, side, side), np.float32))
         except Exception as exc:  # ONNX Runtime's errors share no base class
-            raise PackageError(f"{path}: the ONNX network does not run ({str(exc).splitlines()[0]})") from None
+            raise PackageError(f"{path}: the {self.kind} network does not run ({str(exc).splitlines()[0]})") from None
         if out.shape[0] != 1 or out.shape[2:] != (side, side):
             raise PackageError(f"{path}: the network maps a {side} x {side} plane to shape {out.shape}; "
                                "napari-unetseg needs probabilities of the input's size")
@@ -313,13 +329,19 @@ class PackagedNetwork(nn.Module):
         pad = [(0, 0), (0, 0), (0, self._valid_side(height) - height), (0, self._valid_side(width) - width)]
         batch = np.pad(batch, pad, mode="symmetric") if any(p[1] for p in pad) else batch
         feed = batch[:, 0] if self.axes_in == "byx" else batch
-        name = self.session.get_inputs()[0].name
-        out = np.asarray(self.session.run(None, {name: np.ascontiguousarray(feed, np.float32)})[0], np.float32)
+        out = self._run(np.ascontiguousarray(feed, np.float32))
         if self.axes_out == "byx":
             out = out[:, None]
         if out.shape[1] == 1:
             out = np.concatenate([1 - out, out], axis=1)
         return out[..., :height, :width]
+
+    def _run(self, feed: np.ndarray) -> np.ndarray:
+        if self.kind == "onnx":
+            name = self.session.get_inputs()[0].name
+            return np.asarray(self.session.run(None, {name: feed})[0], np.float32)
+        with torch.inference_mode():
+            return self.script(torch.from_numpy(feed)).float().numpy()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         probabilities = self._probabilities(x.detach().float().cpu().numpy())
