@@ -178,6 +178,18 @@ def test_torchscript_runs_only_when_trusted(tmp_path, monkeypatch):
     assert np.array_equal(segment(image, str(package), device="cpu", precision="float32"), onnx_labels)
 
 
+def test_a_tools_package_is_not_fine_tuned(tmp_path, capsys):
+    image, truth = synthetic_nuclei_2d((64, 64), seed=1)
+    tifffile.imwrite(tmp_path / "image.tif", image)
+    tifffile.imwrite(tmp_path / "labels.tif", (truth > 0).astype(np.uint8) + 1)
+    package = make_package(tmp_path / "tool.zip")
+    args = ["train", str(tmp_path / "image.tif"), str(tmp_path / "labels.tif"), "-o", str(tmp_path / "ft.pt"),
+            "--init", str(package), "--iterations", "2", "-q"]
+    assert main(args) == 2
+    assert "another tool's bioimage.io network cannot be fine-tuned" in error_line(capsys)
+    assert not (tmp_path / "ft.pt").exists()
+
+
 @pytest.mark.parametrize(("kind", "message"), [
     ("3d", "a 3D or time-lapse network"),
     ("zero_mean", "unknown preprocessing 'zero_mean_unit_variance'"),

@@ -22,7 +22,7 @@ import math
 import os
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -285,6 +285,18 @@ class PackagedNetwork(nn.Module):
 
     def __deepcopy__(self, memo: dict) -> "PackagedNetwork":
         return self  # nothing to copy: it is never trained, and ONNX Runtime sessions cannot be copied
+
+    def _not_trainable(self, *_: object, **__: object) -> NoReturn:
+        raise ValueError("another tool's bioimage.io network cannot be fine-tuned here; start from a napari-unetseg "
+                         "model (a built-in, a checkpoint or one of our own exports)")
+
+    keep_norm_statistics = freeze_encoder = unfreeze_encoder = reset_head = encoder_parameters = _not_trainable
+
+    def train(self, mode: bool = True) -> "PackagedNetwork":
+        """Evaluation mode only: the network is not ours to train."""
+        if mode:
+            self._not_trainable()
+        return super().train(False)
 
     @property
     def depth(self) -> int:
