@@ -153,6 +153,12 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
                 f"{path}: refused: the file contains Python objects other than weights and plain data{which}"
             ) from None
         raise CheckpointError(f"{path}: not a checkpoint (corrupt or another kind of file)") from None
+    return checkpoint_from_payload(payload, path, device)
+
+
+def checkpoint_from_payload(payload: Any, path: Path, device: str | torch.device = "cpu") -> Checkpoint:
+    """Rebuild the network of a checkpoint's contents (a file's, or a bioimage.io package's), naming ``path``
+    in every :class:`CheckpointError`."""
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_NAME:
         raise CheckpointError(f"{path}: not a {FORMAT_NAME} checkpoint")
     if payload.get("format_version", 0) > FORMAT_VERSION:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from . import __version__
 from .cli_common import EXIT_BAD_INPUT, EXIT_INTERRUPTED, CliError, Parser, one_line
+from .cli_export import add_export
 from .cli_measure import add_measure
 from .cli_segment import add_evaluate, add_segment
 from .cli_train import add_train
@@ -157,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command", required=True)
     for add in COMMANDS:
         add(commands)
+    add_export(commands)
     return parser
 
 

@@ -166,14 +166,17 @@ def write_cache(path: Path, data: bytes) -> None:
         pass
 
 
-def export_onnx(model: UNet) -> bytes:
-    """The network with BatchNorm folded as an ONNX graph (dynamic batch and plane size); a few seconds."""
+def export_onnx(model: nn.Module, output_name: str = "logits") -> bytes:
+    """The network with BatchNorm folded as an ONNX graph (dynamic batch and plane size); a few seconds.
+
+    ``model`` is a :class:`UNet` or a module wrapping one (with its ``in_channels``).
+    """
     buffer = io.BytesIO()
     example = torch.zeros(1, model.in_channels, 64, 64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            fold_batchnorm(model).cpu(), (example,), buffer, input_names=["x"], output_names=["logits"],
+            fold_batchnorm(model).cpu(), (example,), buffer, input_names=["x"], output_names=[output_name],
             dynamic_axes={"x": {0: "batch", 2: "height", 3: "width"}}, dynamo=False, opset_version=ONNX_OPSET,
         )
     return buffer.getvalue()
@@ -231,6 +234,8 @@ def make_fast_model(
     """The fastest runner for ``device``: ONNX Runtime for float32 on the CPU when installed, else PyTorch."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if getattr(model, "runs_itself", False):  # a bioimage.io package's ONNX network (see .bioimageio_load)
+        return FastModel(model, device, "float32")
     float32_cpu = device.type == "cpu" and choose_precision(device, precision) == torch.float32
     if backend == "onnxruntime" and not (float32_cpu and onnxruntime_available()):
         raise ValueError("the onnxruntime backend needs float32 on the CPU and `pip install onnxruntime onnx`")

@@ -1,4 +1,5 @@
-"""The model picker: built-in models, the user's fine-tuned versions and checkpoint files loaded by hand.
+"""The model picker: built-in models, the user's fine-tuned versions and checkpoint files or bioimage.io
+packages loaded by hand; "Export…" saves the chosen model as a bioimage.io package for other tools.
 
 It opens on the model used last (remembered in napari's plugin settings), else the default
 ``nuclei``, passing over a model made for another kind of image than the one chosen.
@@ -15,7 +16,7 @@ from magicgui.application import use_app
 from magicgui.widgets import ComboBox, Container, PushButton
 
 from .. import versions
-from ..checkpoint import Checkpoint, CheckpointError, ModelInfo, load_checkpoint
+from ..checkpoint import Checkpoint, CheckpointError, ModelInfo
 from ..imaging import model_imaging
 from ..models import builtin_names, resolve_model
 from ..options import DEFAULT_MODEL
@@ -62,7 +63,7 @@ class ModelEntry:
 
 
 class ModelPicker(Container):
-    """A model list with a "Load checkpoint…" button and a line describing the chosen model."""
+    """A model list with "Load…" and "Export…" buttons and a line describing the chosen model."""
 
     def __init__(self) -> None:
         self._files: list[Path] = []
@@ -72,15 +73,20 @@ class ModelPicker(Container):
         self.model = ComboBox(
             choices=self._choices, tooltip="Built-in models, your fine-tuned versions and loaded files"
         )
-        self.load_button = PushButton(text="Load…", tooltip="Load a checkpoint (.pt) file")
+        self.load_button = PushButton(text="Load…", tooltip="Load a checkpoint (.pt) or bioimage.io package (.zip)")
+        self.export_button = PushButton(
+            text="Export…", tooltip="Save the chosen model as a bioimage.io package (.zip) for other tools"
+        )
+        self._export_worker: Any = None
         self.info = Note()
-        row = Container(widgets=[self.model, self.load_button], layout="horizontal", labels=False)
+        row = Container(widgets=[self.model, self.load_button, self.export_button], layout="horizontal", labels=False)
         row.margins = (0, 0, 0, 0)
         row.native.layout().setStretch(0, 1)
         super().__init__(widgets=[row, self.info], labels=False, label="model")
         self.margins = (0, 0, 0, 0)
         self.model.changed.connect(self._on_changed)
         self.load_button.changed.connect(self._on_load_clicked)
+        self.export_button.changed.connect(self._on_export_clicked)
         self.preselect(None)
 
     # -- the list
@@ -163,7 +169,7 @@ class ModelPicker(Container):
         hit = self._cache.get(key)
         if hit is not None and hit[0] == stamp:
             return hit[1]
-        checkpoint = load_checkpoint(path) if path is not None else resolve_model(key)
+        checkpoint = resolve_model(path if path is not None else key)
         self._cache[key] = (stamp, checkpoint)
         return checkpoint
 
@@ -198,7 +204,40 @@ class ModelPicker(Container):
     def ask_checkpoint_path(self) -> str | None:
         """A file dialog for a checkpoint (tests replace this)."""
         show = use_app().get_obj("show_file_dialog")
-        return show("r", caption="Load a U-Net checkpoint", filter="Checkpoints (*.pt *.pth)")
+        return show("r", caption="Load a U-Net checkpoint or bioimage.io package", filter="Models (*.pt *.pth *.zip)")
+
+    def _on_export_clicked(self, *_: object) -> None:
+        path = self.ask_export_path()
+        if path:
+            self.export(path)
+
+    def ask_export_path(self) -> str | None:
+        """A save dialog for the package (tests replace this); it asks before replacing a file."""
+        show = use_app().get_obj("show_file_dialog")
+        return show("w", caption="Export as a bioimage.io package", filter="bioimage.io packages (*.zip)")
+
+    def export(self, path: str | Path) -> None:
+        """Write the chosen model as a bioimage.io package in a worker thread (a few seconds), replacing
+        ``path`` (``.zip`` added when missing); a notification says when it is written or why not."""
+        from napari.qt.threading import create_worker
+
+        from ..bioimageio import export_package
+
+        try:
+            checkpoint = self.checkpoint()
+        except CheckpointError as exc:
+            notify("error", str(exc))
+            return
+        path = Path(path)
+        path = path if path.suffix.lower() == ".zip" else path.with_name(path.name + ".zip")
+        name = checkpoint.info.name or path.stem
+        worker = create_worker(export_package, checkpoint, path, overwrite=True, _ignore_errors=True)  # shown below
+        worker.returned.connect(lambda out: notify("info", f"Exported {name} to {out} (bioimage.io package)."))
+        worker.errored.connect(lambda exc: notify("error", f"{name} was not exported: {exc}"))
+        worker.finished.connect(lambda: setattr(self.export_button, "enabled", True))
+        self.export_button.enabled = False
+        self._export_worker = worker  # kept: the worker must outlive this call
+        worker.start()
 
 
 def describe_model(entry: ModelEntry, info: ModelInfo) -> str:

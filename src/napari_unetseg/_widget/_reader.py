@@ -1,4 +1,5 @@
-"""Opening a checkpoint file in napari (File > Open, drag and drop) loads it into the U-Net Segmentation widget."""
+"""Opening a checkpoint file or a bioimage.io package (``*.zip`` with an rdf.yaml) in napari (File > Open, drag
+and drop) loads it into the U-Net Segmentation widget."""
 
 from __future__ import annotations
 
@@ -6,13 +7,17 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-SUFFIXES = (".pt", ".pth")
+SUFFIXES = (".pt", ".pth", ".zip")
 
 
 def get_reader(path: str | list[str]) -> Callable[[str], list[tuple[None]]] | None:
-    """The checkpoint reader for a single PyTorch file (a zip archive), else ``None``."""
+    """The checkpoint reader for a single PyTorch file (a zip archive) or bioimage.io package, else ``None``."""
     if isinstance(path, list) or Path(path).suffix.lower() not in SUFFIXES or not zipfile.is_zipfile(path):
         return None
+    if Path(path).suffix.lower() == ".zip":
+        from ..bioimageio_load import is_package
+
+        return read_checkpoint if is_package(path) else None  # other zips are for other readers
     return read_checkpoint
 
 

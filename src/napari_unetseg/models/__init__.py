@@ -29,10 +29,14 @@ def builtin_path(name: str) -> Path:
 
 
 def resolve_model(spec: str | os.PathLike) -> Checkpoint:
-    """Load a checkpoint given a file path or the name of a built-in model."""
+    """Load a checkpoint given a file path (a bioimage.io package ``.zip`` too) or the name of a built-in model."""
     path = Path(spec)
     if path.suffix in (".pt", ".pth") and path.stem in builtin_names() and not path.exists():
         raise CheckpointError(f"{spec}: no such checkpoint file (the built-in model is named {path.stem!r}, no suffix)")
+    if path.suffix.lower() == ".zip":
+        from ..bioimageio_load import load_package
+
+        return load_package(path)
     if path.suffix or path.exists() or os.sep in str(spec):
         return load_checkpoint(path)
     return _load_builtin(str(spec))
