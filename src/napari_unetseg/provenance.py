@@ -71,6 +71,12 @@ def segment_command(
             words += [f"--{option.replace('_', '-')}", str(parameters[option])]
     if parameters.get("stitch_z"):
         words.append("--stitch-z")
+        if parameters.get("z_method") is not None:
+            words += ["--z-method", str(parameters["z_method"])]
+        if parameters.get("voxel_size") is not None:
+            words += ["--voxel-size", ",".join(f"{v:g}" for v in parameters["voxel_size"])]
+        if parameters.get("diameter") is not None:
+            words += ["--diameter", str(parameters["diameter"])]
     return shlex.join(words)
 
 

@@ -22,19 +22,17 @@ probabilities of the rescaled stack, three classes).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.segmentation import watershed
 
+from .inference import AxesLayout, BatchProgress, PlanePredictor, PlaneResult, _read_plane
 from .normalize import normalize_plane
 from .postprocess import BACKGROUND, BOUNDARY, INTERIOR, drop_small_objects
-
-if TYPE_CHECKING:
-    from .inference import PlanePredictor
 
 #: The object diameter (pixels) a model expects when its checkpoint does not say: the middle of the
 #: built-in nuclei model's training sizes (radius 4-30 px, log-uniform), where its 2D F1 is flat (16-30 px).
@@ -82,19 +80,20 @@ def plan_volume(
     return VolumePlan(zoom, diameter)
 
 
-def _planes_along(volume: np.ndarray, axis: int) -> Iterator[np.ndarray]:
-    for index in range(volume.shape[axis]):
-        yield np.take(volume, index, axis=axis)
+def _consensus(
+    volume: np.ndarray, plane_probabilities: PlaneProbabilities, batch: int = 8
+) -> Generator[int, None, np.ndarray]:
+    """Class probabilities ``(K, Z, Y, X)`` averaged over the XY, XZ and YZ planes of a normalised volume.
 
-
-def consensus_probabilities(volume: np.ndarray, plane_probabilities: PlaneProbabilities, batch: int = 8) -> np.ndarray:
-    """Class probabilities ``(K, Z, Y, X)`` averaged over the XY, XZ and YZ planes of a normalised volume."""
+    Yields the number of planes that went through the network after each batch.
+    """
     total: np.ndarray | None = None
     for axis in (0, 1, 2):
-        planes = list(_planes_along(volume, axis))
         results: list[np.ndarray] = []
-        for start in range(0, len(planes), batch):
-            results += plane_probabilities([p[np.newaxis] for p in planes[start : start + batch]])
+        for start in range(0, volume.shape[axis], batch):
+            stop = min(start + batch, volume.shape[axis])
+            results += plane_probabilities([np.take(volume, i, axis=axis)[np.newaxis] for i in range(start, stop)])
+            yield stop - start
         along = np.stack(results, axis=axis + 1).astype(np.float32)
         total = along if total is None else total + along
     assert total is not None
@@ -153,7 +152,7 @@ def normalize_volume(volume: np.ndarray, low: float = 1.0, high: float = 99.8) -
     return normalised.reshape(volume.shape)
 
 
-def segment_volume(
+def iter_segment_volume(
     stack: np.ndarray,
     plane_probabilities: PlaneProbabilities,
     plane_labels: Callable[[np.ndarray], np.ndarray],
@@ -162,14 +161,15 @@ def segment_volume(
     diameter: float | str | None = "auto",
     model_diameter: float = DEFAULT_MODEL_DIAMETER,
     normalization: tuple[float, float] = (1.0, 99.8),
-) -> tuple[np.ndarray, VolumePlan]:
+) -> Generator[tuple[int, int], None, tuple[np.ndarray, VolumePlan]]:
     """3D object ids (uint32, 1..N, the stack's shape) of a ``(Z, Y, X)`` stack, and the resampling used.
 
-    ``plane_probabilities`` runs the network on normalised ``(1, H, W)`` planes of one size (and
-    may raise to cancel);
-    ``plane_labels`` turns one plane's probabilities into 2D objects (for the size estimate).
-    ``diameter``: the objects' diameter in XY pixels, ``"auto"`` to measure it, or None to keep
-    the stack's scale. See the module docstring for the method.
+    Yields ``(planes done, planes in all)`` after each network batch (so a GUI shows progress and
+    can stop it there) and returns ``(labels, plan)``. ``plane_probabilities`` runs the network on
+    normalised ``(1, H, W)`` planes of one size (and may raise to cancel); ``plane_labels`` turns
+    one plane's probabilities into 2D objects (for the size estimate). ``diameter``: the objects'
+    diameter in XY pixels, ``"auto"`` to measure it, or None to keep the stack's scale. See the
+    module docstring for the method.
     """
     stack = np.asarray(stack)
     if stack.ndim != 3:
@@ -181,29 +181,72 @@ def segment_volume(
     volume = normalize_volume(stack.astype(np.float32), low, high)
     if plan.resamples:
         volume = ndi.zoom(volume, plan.zoom, order=1, grid_mode=True, mode="nearest")
-    probabilities = consensus_probabilities(volume, plane_probabilities)
+    done, total = 0, sum(volume.shape)
+    yield done, total
+    consensus = _consensus(volume, plane_probabilities)
+    while True:
+        try:
+            done += next(consensus)
+        except StopIteration as end:
+            probabilities = end.value
+            break
+        yield done, total
     labels = instances_3d(probabilities, plan.zoom[0])
     if labels.shape != stack.shape:
         labels = _resize_labels(labels, stack.shape)
     return drop_small_objects(labels, 1), plan
 
 
-def segment_stack(
-    stack: np.ndarray, predictor: PlanePredictor, *, voxel_size: Sequence[float] | None = None,
-    diameter: float | str | None = "auto", should_stop: Callable[[], bool] | None = None,
+def segment_volume(
+    stack: np.ndarray, plane_probabilities: PlaneProbabilities, plane_labels: Callable[[np.ndarray], np.ndarray],
+    **options: Any,
 ) -> tuple[np.ndarray, VolumePlan]:
-    """:func:`segment_volume` with a :class:`~.inference.PlanePredictor`'s network, normalisation and object size."""
+    """:func:`iter_segment_volume` run to the end: ``(labels, plan)``."""
+    steps = iter_segment_volume(stack, plane_probabilities, plane_labels, **options)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as end:
+            return end.value
+
+
+def iter_segment_stacks(
+    image: Any, layout: AxesLayout, predictor: PlanePredictor, out: Any, *,
+    voxel_size: Sequence[float] | None = None, diameter: float | str | None = "auto", id_offset: int = 0,
+) -> Iterator[BatchProgress]:
+    """3D objects of each (Z, Y, X) stack of ``image`` (one per T index) into ``out``, ids continuing from
+    stack to stack after ``id_offset``.
+
+    Yields after each network batch (``done`` / ``total`` count network planes; the total of later
+    stacks is estimated from the first) and, once a stack is written, with its Z planes.
+    """
+    if predictor.network.in_channels != 1:
+        raise ValueError("3D objects need a model with one input channel; use z_method='linking'")
     info = predictor.checkpoint.info
-    norm = info.normalization
-    return segment_volume(
-        stack,
-        lambda planes: predictor.probabilities(planes, should_stop),
-        predictor.labels,
-        voxel_size=voxel_size,
-        diameter=diameter,
-        model_diameter=info.object_diameter or DEFAULT_MODEL_DIAMETER,
-        normalization=(norm.get("low", 1.0), norm.get("high", 99.8)),
-    )
+    options = {
+        "voxel_size": voxel_size, "diameter": diameter, "model_diameter": info.object_diameter or DEFAULT_MODEL_DIAMETER,
+        "normalization": (info.normalization.get("low", 1.0), info.normalization.get("high", 99.8)),
+    }
+    z_axis = layout.plane_axes.index("Z")
+    lead_shape = tuple(image.shape[layout.axes.index(a)] for a in layout.plane_axes if a != "Z")
+    depth, stacks = image.shape[layout.axes.index("Z")], max(1, int(np.prod(lead_shape)))
+    next_id, before = int(id_offset), 0
+    for count, lead in enumerate(np.ndindex(*lead_shape)):
+        indices = [lead[:z_axis] + (z,) + lead[z_axis:] for z in range(depth)]
+        stack = np.stack([np.nanmean(_read_plane(image, layout, i).astype(np.float32), axis=0) for i in indices])
+        steps = iter_segment_volume(stack, predictor.probabilities, predictor.labels, **options)
+        while True:
+            try:
+                done, total = next(steps)
+            except StopIteration as end:
+                labels, _ = end.value
+                break
+            yield BatchProgress(before + done, before + total * (stacks - count))
+        before += total
+        labels[labels > 0] += np.uint32(next_id)
+        next_id = max(next_id, int(labels.max()))
+        out[lead[:z_axis] + (slice(None),) + lead[z_axis:]] = labels
+        yield BatchProgress(before, before + total * (stacks - count - 1), [PlaneResult(i, labels[z]) for z, i in enumerate(indices)])
 
 
 def _resize_labels(labels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
