@@ -180,6 +180,7 @@ def test_segment_3d_goes_through_the_slice_in_view_first_and_links_z(qtbot, view
     orders = []
     real_job = _segment.segment_job
     monkeypatch.setattr(_segment, "segment_job", lambda *a, **k: orders.append(k["order"]) or real_job(*a, **k))
+    widget.segment.z_method.value = "linking"
     widget.segment.run()
     wait_idle(qtbot, widget)
     assert orders[0][0] == (5,) and sorted(orders[0]) == [(z,) for z in range(8)]
@@ -188,7 +189,7 @@ def test_segment_3d_goes_through_the_slice_in_view_first_and_links_z(qtbot, view
     per_slice = sum(len(np.unique(plane[plane > 0])) for plane in labels)
     assert 0 < len(np.unique(labels[labels > 0])) < per_slice  # objects keep one id across slices
 
-    widget.segment.stitch_z.value = False
+    widget.segment.objects_3d.value = False
     widget.segment.run()
     wait_idle(qtbot, widget)
     labels = viewer.layers["stack labels (tiny-instance)"].data
@@ -327,10 +328,12 @@ def test_cancel_stops_within_a_batch(qtbot, viewer_widget, monkeypatch):
     assert widget.segment.run_button.enabled and not widget.segment.cancel_button.enabled
 
 
-def test_out_of_memory_retries_with_half_the_batch(qtbot, viewer_widget, notes, monkeypatch):
+@pytest.mark.parametrize("objects_3d", [True, False])
+def test_out_of_memory_retries_with_half_the_batch(qtbot, viewer_widget, notes, monkeypatch, objects_3d):
     viewer, widget = viewer_widget
     image, _ = small_3d()
     viewer.add_image(image, name="stack")
+    widget.segment.objects_3d.value = objects_3d
     real = PlanePredictor.probabilities
 
     def probabilities(self, planes, should_stop=None):

@@ -366,17 +366,23 @@ def iter_segment(
                 remaining = remaining[len(results) :]
                 yield BatchProgress(done, len(order), results if writer is None else writer.write(results))
         except Exception as exc:  # only out-of-memory is retried, with half the batch
-            if not is_out_of_memory(exc):
-                raise
-            free_gpu_memory()
-            if predictor.batch_size == 1:
-                raise OutOfMemoryError(
-                    f"out of memory on {predictor.device} even with batch size 1; "
-                    "try a smaller tile size or the CPU"
-                ) from exc
-            predictor.batch_size //= 2
-            note = f"Out of memory on {predictor.device}: continuing with batch size {predictor.batch_size}."
-            yield BatchProgress(done, len(order), [], note)
+            yield BatchProgress(done, len(order), [], halve_batch(predictor, exc))
+
+
+def halve_batch(predictor: PlanePredictor, exc: Exception) -> str:
+    """After ``exc``: halve the predictor's batch size if it was out of memory and say so, else raise.
+
+    Raises ``exc`` again when it is another error, and :class:`~.device.OutOfMemoryError` at batch size 1.
+    """
+    if not is_out_of_memory(exc):
+        raise exc
+    free_gpu_memory()
+    if predictor.batch_size == 1:
+        raise OutOfMemoryError(
+            f"out of memory on {predictor.device} even with batch size 1; try a smaller tile size or the CPU"
+        ) from exc
+    predictor.batch_size //= 2
+    return f"Out of memory on {predictor.device}: continuing with batch size {predictor.batch_size}."
 
 
 class _PlaneWriter:

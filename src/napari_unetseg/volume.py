@@ -30,7 +30,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.segmentation import watershed
 
-from .inference import AxesLayout, BatchProgress, PlanePredictor, PlaneResult, _read_plane
+from .inference import AxesLayout, BatchProgress, PlanePredictor, PlaneResult, _read_plane, halve_batch
 from .normalize import normalize_plane
 from .postprocess import BACKGROUND, BOUNDARY, INTERIOR, drop_small_objects
 
@@ -230,23 +230,37 @@ def iter_segment_stacks(
     z_axis = layout.plane_axes.index("Z")
     lead_shape = tuple(image.shape[layout.axes.index(a)] for a in layout.plane_axes if a != "Z")
     depth, stacks = image.shape[layout.axes.index("Z")], max(1, int(np.prod(lead_shape)))
-    next_id, before = int(id_offset), 0
+    next_id, before, total = int(id_offset), 0, 3 * depth  # total: network planes per stack (known after the first)
     for count, lead in enumerate(np.ndindex(*lead_shape)):
         indices = [lead[:z_axis] + (z,) + lead[z_axis:] for z in range(depth)]
         stack = np.stack([np.nanmean(_read_plane(image, layout, i).astype(np.float32), axis=0) for i in indices])
-        steps = iter_segment_volume(stack, predictor.probabilities, predictor.labels, **options)
-        while True:
+        labels = None
+        while labels is None:  # again with half the batch after running out of memory
+            steps = iter_segment_volume(stack, predictor.probabilities, predictor.labels, **options)
             try:
-                done, total = next(steps)
-            except StopIteration as end:
-                labels, _ = end.value
-                break
-            yield BatchProgress(before + done, before + total * (stacks - count))
+                labels, total = yield from _as_progress(steps, before, stacks - count)
+            except Exception as exc:
+                yield BatchProgress(before, before + total * (stacks - count), [], halve_batch(predictor, exc))
         before += total
         labels[labels > 0] += np.uint32(next_id)
         next_id = max(next_id, int(labels.max()))
         out[lead[:z_axis] + (slice(None),) + lead[z_axis:]] = labels
-        yield BatchProgress(before, before + total * (stacks - count - 1), [PlaneResult(i, labels[z]) for z, i in enumerate(indices)])
+        planes = [PlaneResult(index, labels[z]) for z, index in enumerate(indices)]
+        yield BatchProgress(before, before + total * (stacks - count - 1), planes)
+
+
+def _as_progress(
+    steps: Generator[tuple[int, int], None, tuple[np.ndarray, VolumePlan]], before: int, stacks_left: int
+) -> Generator[BatchProgress, None, tuple[np.ndarray, int]]:
+    """:func:`iter_segment_volume`'s steps as :class:`BatchProgress` after ``before`` planes; returns
+    the labels and the planes this stack took."""
+    total = 0
+    while True:
+        try:
+            done, total = next(steps)
+        except StopIteration as end:
+            return end.value[0], total
+        yield BatchProgress(before + done, before + total * stacks_left)
 
 
 def _resize_labels(labels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
