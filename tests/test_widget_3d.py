@@ -97,7 +97,7 @@ def test_cancel_stops_3d_objects(qtbot, viewer_widget):
     assert done < total
 
 
-def test_z_linking_into_a_result_on_disk(qtbot, viewer_widget, monkeypatch):
+def test_z_linking_into_a_result_on_disk(qtbot, viewer_widget, notes, monkeypatch):
     zarr = pytest.importorskip("zarr")
     viewer, widget = viewer_widget
     image, truth = touching_spheres(1.0)
@@ -107,10 +107,11 @@ def test_z_linking_into_a_result_on_disk(qtbot, viewer_widget, monkeypatch):
     viewer.dims.set_current_step(0, 20)  # the slice on screen goes first, before the slices it links to
     monkeypatch.setattr(_layers, "LARGE_RESULT_BYTES", 1000)  # so the result is a zarr array on disk too
     threshold_model(widget, monkeypatch)
-    widget.segment.z_method.value = "linking"
-    widget.segment.run()
+    widget.segment.run()  # "3D objects" with the default method: a result on disk is linked slice to slice
     wait_idle(qtbot, widget)
+    assert any("linked slice to slice" in m for kind, m in notes if kind == "info")
     layer = viewer.layers["on disk labels (tiny-instance)"]
+    assert layer.metadata[METADATA_KEY]["parameters"]["z_method"] == "linking"
     assert not isinstance(layer.data, np.ndarray)
     labels = np.asarray(layer.data[:])
     assert text(widget.segment.status).startswith("Done: 32 slices")

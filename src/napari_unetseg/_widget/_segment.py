@@ -128,6 +128,10 @@ class SegmentPanel(Container):
             done.clear()
         three_d = self.objects_3d.value and instance and not single and "Z" in source.axes
         z_method = self.z_method.value if three_d else None
+        if z_method == "consensus" and not isinstance(labels.data, np.ndarray):  # a result kept on disk
+            z_method = "linking"
+            notify("info", "This stack is too large to hold in memory for the consensus method, so its objects are "
+                   "linked slice to slice instead.")
         parameters = {
             "device": host.device.value, "precision": "auto", "backend": "torch", "tile_size": self.tile_size.value,
             "batch_size": self.batch_size.value, "axes": source.axes, "stitch_z": three_d,
