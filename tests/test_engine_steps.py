@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import ThresholdNet, disc_image
 
 from napari_unetseg.checkpoint import Checkpoint, ModelInfo
 from napari_unetseg.device import OutOfMemoryError
 from napari_unetseg.inference import PlanePredictor, iter_segment, segment
 from napari_unetseg.postprocess import stitch_slices
 from napari_unetseg.uncertainty import iter_uncertainty
-
-from conftest import ThresholdNet, disc_image
 
 
 def _threshold() -> Checkpoint:

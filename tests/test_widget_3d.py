@@ -11,8 +11,16 @@ import pytest
 napari = pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
-from test_widget import notes, one_torch_thread, private_settings, text, threshold_model, versions_root  # noqa: E402,F401
-from test_widget import viewer_widget, wait_idle  # noqa: E402,F401
+from test_widget import (  # noqa: E402, F401  (fixtures used by name)
+    notes,
+    one_torch_thread,
+    private_settings,
+    text,
+    threshold_model,
+    versions_root,
+    viewer_widget,
+    wait_idle,
+)
 
 from napari_unetseg._widget import _layers  # noqa: E402
 from napari_unetseg._widget._layers import METADATA_KEY  # noqa: E402

@@ -15,7 +15,13 @@ import numpy as np
 import torch
 
 from .checkpoint import Checkpoint
-from .inference import PlanePredictor, _read_plane, parse_axes, planes_per_batch, resolve_checkpoint
+from .inference import (
+    PlanePredictor,
+    _read_plane,
+    parse_axes,
+    planes_per_batch,
+    resolve_checkpoint,
+)
 from .normalize import check_image
 
 

@@ -30,7 +30,14 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.segmentation import watershed
 
-from .inference import AxesLayout, BatchProgress, PlanePredictor, PlaneResult, _read_plane, halve_batch
+from .inference import (
+    AxesLayout,
+    BatchProgress,
+    PlanePredictor,
+    PlaneResult,
+    _read_plane,
+    halve_batch,
+)
 from .normalize import normalize_plane
 from .postprocess import BACKGROUND, BOUNDARY, INTERIOR, drop_small_objects
 
