@@ -9,7 +9,7 @@ from conftest import ThresholdNet, disc_image
 
 from napari_unetseg.checkpoint import Checkpoint, ModelInfo
 from napari_unetseg.device import OutOfMemoryError
-from napari_unetseg.inference import PlanePredictor, iter_segment, segment
+from napari_unetseg.inference import PlanePredictor, SegmentationCancelled, iter_segment, segment
 from napari_unetseg.postprocess import stitch_slices
 from napari_unetseg.uncertainty import iter_uncertainty
 
@@ -119,3 +119,16 @@ def test_uncertainty_is_zero_on_blank_planes_and_high_only_on_object_rims():
     entropy = planes[(0,)]
     assert entropy.dtype == np.float32 and 0 <= entropy.min() and entropy.max() <= 1
     assert entropy[20, 10] < 0.01 and entropy[0, 0] < 0.01  # sure inside an object and on the background
+
+
+def test_3d_objects_report_progress_batch_by_batch_and_stop_when_asked():
+    image = disc_image(_two_columns(depth=12))
+    seen: list[tuple[int, int]] = []
+    labels = segment(image, _threshold(), device="cpu", stitch_z=True, diameter=None, precision="float32",
+                     progress=lambda done, total: seen.append((done, total)))
+    assert _objects(labels) == 2
+    assert seen[-1] == (12 + 40 + 40, 12 + 40 + 40)  # XY, XZ and YZ planes through the network
+    assert len(seen) > 10 and [d for d, _ in seen] == sorted(d for d, _ in seen)
+    with pytest.raises(SegmentationCancelled):
+        segment(image, _threshold(), device="cpu", stitch_z=True, diameter=None, precision="float32",
+                should_stop=lambda: True)

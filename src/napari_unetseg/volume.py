@@ -89,18 +89,21 @@ def plan_volume(
 
 def _consensus(
     volume: np.ndarray, plane_probabilities: PlaneProbabilities, batch: int = 8
-) -> Generator[int, None, np.ndarray]:
+) -> Generator[tuple[int, int], None, np.ndarray]:
     """Class probabilities ``(K, Z, Y, X)`` averaged over the XY, XZ and YZ planes of a normalised volume.
 
-    Yields the number of planes that went through the network after each batch.
+    Yields ``(planes done, planes in all)`` after each network batch.
     """
     total: np.ndarray | None = None
+    done, planes = 0, sum(volume.shape)
+    yield done, planes
     for axis in (0, 1, 2):
         results: list[np.ndarray] = []
         for start in range(0, volume.shape[axis], batch):
             stop = min(start + batch, volume.shape[axis])
             results += plane_probabilities([np.take(volume, i, axis=axis)[np.newaxis] for i in range(start, stop)])
-            yield stop - start
+            done += stop - start
+            yield done, planes
         along = np.stack(results, axis=axis + 1).astype(np.float32)
         total = along if total is None else total + along
     assert total is not None
@@ -188,16 +191,7 @@ def iter_segment_volume(
     volume = normalize_volume(stack.astype(np.float32), low, high)
     if plan.resamples:
         volume = ndi.zoom(volume, plan.zoom, order=1, grid_mode=True, mode="nearest")
-    done, total = 0, sum(volume.shape)
-    yield done, total
-    consensus = _consensus(volume, plane_probabilities)
-    while True:
-        try:
-            done += next(consensus)
-        except StopIteration as end:
-            probabilities = end.value
-            break
-        yield done, total
+    probabilities = yield from _consensus(volume, plane_probabilities)
     labels = instances_3d(probabilities, plan.zoom[0])
     if labels.shape != stack.shape:
         labels = _resize_labels(labels, stack.shape)
