@@ -318,6 +318,7 @@ def test_cancel_stops_within_a_batch(qtbot, viewer_widget, monkeypatch):
     viewer, widget = viewer_widget
     viewer.add_image(np.random.default_rng(0).normal(100, 20, (40, 64, 64)).astype(np.float32), name="long")
     widget.segment.batch_size.value = 1
+    widget.segment.objects_3d.value = False  # slice by slice (3D objects: test_widget_3d.py)
     widget.segment.run()
     assert widget.busy() and widget.segment.cancel_button.enabled
     widget.segment.cancel_button.clicked.emit()
@@ -425,10 +426,14 @@ def test_deleting_a_layer_while_segmenting_stops_with_a_message(qtbot, viewer_wi
     assert [layer.name for layer in viewer.layers] == ["long labels (tiny-instance)", "again"]  # results are kept
 
 
-def test_painting_in_the_result_while_it_is_segmented_stops_and_keeps_the_strokes(qtbot, viewer_widget, notes):
+@pytest.mark.parametrize("objects_3d", [True, False])
+def test_painting_in_the_result_while_it_is_segmented_stops_and_keeps_the_strokes(
+    qtbot, viewer_widget, notes, objects_3d
+):
     viewer, widget = viewer_widget
     viewer.add_image(np.random.default_rng(0).normal(100, 20, (40, 64, 64)).astype(np.float32), name="long")
     widget.segment.batch_size.value = 1
+    widget.segment.objects_3d.value = objects_3d
     widget.segment.run()
     result = viewer.layers["long labels (tiny-instance)"]
     result.paint((0, 5, 5), 9)  # the user starts correcting before the job is done

@@ -194,7 +194,7 @@ class SegmentPanel(Container):
         self._done = (update.done, update.total)
         if update.note:
             notify("warning", update.note)
-        unit = "planes" if self._three_d else "slices"
+        unit = "network planes" if self._three_d else "slices"
         # last: napari's progress bar may deliver the job's end (outcome, finished) from inside this call
         self.runner.advance(update.done, update.total, f"{update.done} / {update.total} {unit}")
 
@@ -215,7 +215,8 @@ class SegmentPanel(Container):
     def _on_finished(self) -> None:
         if self._target is not None:  # no outcome came back: the job was cancelled
             self._target = None
-            self.status.value = f"Cancelled after {self._done[0]} of {self._done[1]} slices."
+            unit = "network planes" if self._three_d else "slices"
+            self.status.value = f"Cancelled after {self._done[0]} of {self._done[1]} {unit}."
 
     def layer_removed(self, layer_id: object) -> None:
         """Stop the running job if its image or labels layer was just deleted."""
