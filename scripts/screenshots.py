@@ -131,6 +131,7 @@ def main() -> int:
     viewer.reset_view()
     viewer.dims.set_current_step(0, 12)
     widget.segment.batch_size.value = 1
+    widget.segment.z_method.value = "linking"  # slice by slice, so the picture shows the slice in view done first
     gate = hold_after(6)
     widget.segment.run()
     wait_until(lambda: widget.segment._done[0] >= 6)

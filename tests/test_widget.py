@@ -180,6 +180,7 @@ def test_segment_3d_goes_through_the_slice_in_view_first_and_links_z(qtbot, view
     orders = []
     real_job = _segment.segment_job
     monkeypatch.setattr(_segment, "segment_job", lambda *a, **k: orders.append(k["order"]) or real_job(*a, **k))
+    widget.segment.z_method.value = "linking"
     widget.segment.run()
     wait_idle(qtbot, widget)
     assert orders[0][0] == (5,) and sorted(orders[0]) == [(z,) for z in range(8)]
@@ -188,7 +189,7 @@ def test_segment_3d_goes_through_the_slice_in_view_first_and_links_z(qtbot, view
     per_slice = sum(len(np.unique(plane[plane > 0])) for plane in labels)
     assert 0 < len(np.unique(labels[labels > 0])) < per_slice  # objects keep one id across slices
 
-    widget.segment.stitch_z.value = False
+    widget.segment.objects_3d.value = False
     widget.segment.run()
     wait_idle(qtbot, widget)
     labels = viewer.layers["stack labels (tiny-instance)"].data
@@ -317,6 +318,7 @@ def test_cancel_stops_within_a_batch(qtbot, viewer_widget, monkeypatch):
     viewer, widget = viewer_widget
     viewer.add_image(np.random.default_rng(0).normal(100, 20, (40, 64, 64)).astype(np.float32), name="long")
     widget.segment.batch_size.value = 1
+    widget.segment.objects_3d.value = False  # slice by slice (3D objects: test_widget_3d.py)
     widget.segment.run()
     assert widget.busy() and widget.segment.cancel_button.enabled
     widget.segment.cancel_button.clicked.emit()
@@ -327,10 +329,12 @@ def test_cancel_stops_within_a_batch(qtbot, viewer_widget, monkeypatch):
     assert widget.segment.run_button.enabled and not widget.segment.cancel_button.enabled
 
 
-def test_out_of_memory_retries_with_half_the_batch(qtbot, viewer_widget, notes, monkeypatch):
+@pytest.mark.parametrize("objects_3d", [True, False])
+def test_out_of_memory_retries_with_half_the_batch(qtbot, viewer_widget, notes, monkeypatch, objects_3d):
     viewer, widget = viewer_widget
     image, _ = small_3d()
     viewer.add_image(image, name="stack")
+    widget.segment.objects_3d.value = objects_3d
     real = PlanePredictor.probabilities
 
     def probabilities(self, planes, should_stop=None):
@@ -422,10 +426,14 @@ def test_deleting_a_layer_while_segmenting_stops_with_a_message(qtbot, viewer_wi
     assert [layer.name for layer in viewer.layers] == ["long labels (tiny-instance)", "again"]  # results are kept
 
 
-def test_painting_in_the_result_while_it_is_segmented_stops_and_keeps_the_strokes(qtbot, viewer_widget, notes):
+@pytest.mark.parametrize("objects_3d", [True, False])
+def test_painting_in_the_result_while_it_is_segmented_stops_and_keeps_the_strokes(
+    qtbot, viewer_widget, notes, objects_3d
+):
     viewer, widget = viewer_widget
     viewer.add_image(np.random.default_rng(0).normal(100, 20, (40, 64, 64)).astype(np.float32), name="long")
     widget.segment.batch_size.value = 1
+    widget.segment.objects_3d.value = objects_3d
     widget.segment.run()
     result = viewer.layers["long labels (tiny-instance)"]
     result.paint((0, 5, 5), 9)  # the user starts correcting before the job is done

@@ -103,6 +103,7 @@ def test_3d_result_has_volumes_in_the_layer_scale_and_slices(qtbot, viewer_widge
     stack = np.stack([two_touching_discs(64, 12)] * 3 + [np.zeros((64, 64), np.uint32)])
     viewer.add_image(disc_image(stack), name="stack", scale=(2.0, 1.0, 1.0))
     threshold_model(widget, monkeypatch)
+    widget.segment.z_method.value = "linking"  # 3D objects exactly the discs of each slice (consensus resamples Z)
     widget.segment.run_button.clicked.emit()
     wait_idle(qtbot, widget)
     labels = viewer.layers["stack labels (tiny-instance)"]

@@ -13,6 +13,23 @@ class DeviceUnavailableError(RuntimeError):
     """A device was asked for by name but this machine or this PyTorch build cannot use it."""
 
 
+class OutOfMemoryError(MemoryError):
+    """Out of memory even with one plane or tile per batch: the message says what to try instead."""
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for a GPU (or CPU allocator) out-of-memory error, the kind a smaller batch may avoid."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError | MemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def free_gpu_memory() -> None:
+    """Give cached GPU memory back (after an out-of-memory error), so a smaller batch can use it."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def _mps_available() -> bool:
     backend = getattr(torch.backends, "mps", None)
     return bool(backend is not None and backend.is_available())

@@ -10,6 +10,7 @@ larger than memory stream from disk to disk. :mod:`.distributed` runs the same e
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import weakref
@@ -22,11 +23,11 @@ import numpy as np
 import torch
 
 from .checkpoint import Checkpoint, info_problem
-from .options import labels_dtype
-from .device import fit_to_memory, get_device
-from .normalize import check_image, normalize_plane
+from .device import OutOfMemoryError, fit_to_memory, free_gpu_memory, get_device, is_out_of_memory
 from .metrics import agreement
 from .model import UNet
+from .normalize import check_image, normalize_plane
+from .options import labels_dtype
 from .optimize import cache_dir, cache_key, cpu_supports_bf16, make_fast_model, read_cache, write_cache
 from .postprocess import STRIPWISE_PIXELS, link_to_previous, probabilities_to_classes, probabilities_to_instances
 from .postprocess_torch import device_labels, resolve_postprocess
@@ -37,6 +38,7 @@ SPATIAL_AXES = "YX"
 #: How ``segment(stitch_z=True)`` makes 3D objects: XY/XZ/YZ consensus (:mod:`.volume`) or plane-to-plane linking.
 Z_METHODS = ("consensus", "linking")
 KNOWN_AXES = "TZCYX"
+logger = logging.getLogger(__name__)
 
 
 class SegmentationCancelled(Exception):
@@ -105,11 +107,12 @@ class PlaneResult:
 
 @dataclass
 class BatchProgress:
-    """Yielded after each batch: planes done so far, the total, and this batch's results."""
+    """Yielded after each batch: planes done so far, the total, and the planes finished (or changed) since."""
 
     done: int
     total: int
     planes: list[PlaneResult] = field(default_factory=list)
+    note: str = ""  # for people, e.g. that the batch size was lowered after running out of memory
 
 
 def resolve_checkpoint(model: Checkpoint | str | os.PathLike) -> Checkpoint:
@@ -343,13 +346,24 @@ def iter_segment(
     precision: str = "auto",
     backend: str = "torch",
     plane_order: Iterable[tuple[int, ...]] | None = None,
+    id_offset: int = 0,
+    out: Any = None,
+    link_z: bool = False,
 ) -> Iterator[BatchProgress]:
     """Segment every 2D plane, yielding a :class:`BatchProgress` after each batch.
 
-    Instance ids are unique across all planes yielded (each plane continues after the highest id
-    so far). ``plane_order`` lets a caller go first through the plane on screen. ``precision``
-    ``"auto"`` is float16 on CUDA, bfloat16 on CPUs with native bfloat16 when a probe shows it
-    keeps the model's labels (:func:`resolve_precision`), else float32; ``backend``
+    Instance ids are unique across all planes yielded and start after ``id_offset`` (each plane
+    continues after the highest id so far). ``plane_order`` lets a caller go first through the
+    plane on screen. ``out`` (numpy, zarr...) receives every plane as it is done; with ``link_z``
+    (instance models, images with a Z axis) each plane's objects then take the ids of the objects
+    they overlap in the plane before along Z, read back from ``out`` (:func:`stitch_plane`), so a
+    stack on disk is linked without being held. A plane whose predecessor is not done yet is
+    written as it is and linked (and yielded again) once it is. On out-of-memory the batch size
+    is halved and the run goes on, with a step whose ``note`` says so; at batch size 1 it raises
+    :class:`~.device.OutOfMemoryError`.
+
+    ``precision`` ``"auto"`` is float16 on CUDA, bfloat16 on CPUs with native bfloat16 when a
+    probe shows it keeps the model's labels (:func:`resolve_precision`), else float32; ``backend``
     ``"auto"`` runs float32 CPU work with ONNX Runtime when it is installed (see :mod:`.optimize`);
     it exports the network first (a second or two), so it pays for stacks, not single planes.
     """
@@ -358,15 +372,83 @@ def iter_segment(
     predictor = PlanePredictor(resolve_checkpoint(model), device, batch_size, tile_size, precision, backend)
     plane_shape = tuple(image.shape[layout.axes.index(a)] for a in layout.plane_axes)
     order = list(plane_order) if plane_order is not None else list(np.ndindex(*plane_shape))
-    next_id = 0
-    done = 0
-    for results in predict_planes(image, layout, predictor, order):
-        for plane in results:
-            if plane.labels.dtype == np.uint32 and plane.labels.size:
-                plane.labels[plane.labels > 0] += np.uint32(next_id)
-                next_id = max(next_id, int(plane.labels.max()))
-        done += len(results)
-        yield BatchProgress(done, len(order), results)
+    link = link_z and "Z" in layout.plane_axes and predictor.checkpoint.info.mode == "instance"
+    if link and out is None:
+        raise ValueError("linking objects across Z needs an output array (out=) to read the planes before from")
+    writer = None if out is None else _PlaneWriter(out, layout.plane_axes.index("Z") if link else None)
+    next_id, done, remaining = int(id_offset), 0, order
+    while remaining:
+        try:
+            for results in predict_planes(image, layout, predictor, remaining):
+                for plane in results:
+                    if plane.labels.dtype == np.uint32 and plane.labels.size:
+                        plane.labels[plane.labels > 0] += np.uint32(next_id)
+                        next_id = max(next_id, int(plane.labels.max()))
+                done += len(results)
+                remaining = remaining[len(results) :]
+                yield BatchProgress(done, len(order), results if writer is None else writer.write(results))
+        except Exception as exc:  # only out-of-memory is retried, with half the batch
+            yield BatchProgress(done, len(order), [], halve_batch(predictor, exc))
+
+
+def halve_batch(predictor: PlanePredictor, exc: Exception) -> str:
+    """After ``exc``: halve the predictor's batch size if it was out of memory and say so, else raise.
+
+    Raises ``exc`` again when it is another error, and :class:`~.device.OutOfMemoryError` at batch size 1.
+    """
+    if not is_out_of_memory(exc):
+        raise exc
+    free_gpu_memory()
+    if predictor.batch_size == 1:
+        raise OutOfMemoryError(
+            f"out of memory on {predictor.device} even with batch size 1; try a smaller tile size or the CPU"
+        ) from exc
+    predictor.batch_size //= 2
+    return f"Out of memory on {predictor.device}: continuing with batch size {predictor.batch_size}."
+
+
+class _PlaneWriter:
+    """Writes planes into ``out`` and, along plane axis ``z_axis``, links each plane once the one before is final."""
+
+    def __init__(self, out: Any, z_axis: int | None) -> None:
+        self.out, self.z_axis = out, z_axis
+        self.final: set[tuple[int, ...]] = set()  # linked (or first along Z)
+        self.waiting: set[tuple[int, ...]] = set()  # written unlinked: the plane before is not final yet
+
+    def write(self, planes: list[PlaneResult]) -> list[PlaneResult]:
+        """Write ``planes``; return every plane whose labels in ``out`` changed, with those labels."""
+        if self.z_axis is None:
+            for plane in planes:
+                self.out[plane.index] = plane.labels
+            return planes
+        changed: list[PlaneResult] = []
+        for plane in planes:
+            if not self._linkable(plane.index):
+                self.out[plane.index] = plane.labels
+                self.waiting.add(plane.index)
+                changed.append(plane)
+                continue
+            index, labels = plane.index, plane.labels
+            while True:  # link this plane, then the waiting planes after it
+                labels = stitch_plane(self.out, index, labels, self.z_axis)
+                self.out[index] = labels
+                self.final.add(index)
+                self.waiting.discard(index)
+                changed.append(PlaneResult(index, labels))
+                index = self._shift(index, 1)
+                if index not in self.waiting:
+                    break
+                labels = np.asarray(self.out[index])
+        return changed
+
+    def _shift(self, index: tuple[int, ...], step: int) -> tuple[int, ...]:
+        z = self.z_axis
+        assert z is not None
+        return index[:z] + (index[z] + step,) + index[z + 1 :]
+
+    def _linkable(self, index: tuple[int, ...]) -> bool:
+        assert self.z_axis is not None
+        return index[self.z_axis] == 0 or self._shift(index, -1) in self.final
 
 
 def labels_spec(image_shape: Sequence[int], layout: AxesLayout, mode: str) -> tuple[tuple[int, ...], np.dtype]:
@@ -409,12 +491,13 @@ def segment(
 
     ``instance`` models give uint32 object ids unique in the whole result; ``semantic`` models a
     class map (label k = class k). ``stitch_z`` (instance models) gives one id per 3D object: each
-    (Z, Y, X) stack goes through :func:`~.volume.segment_stack` (XY, XZ and YZ planes, rescaled by
+    (Z, Y, X) stack goes through :func:`~.volume.iter_segment_stacks` (XY, XZ and YZ planes, rescaled by
     ``voxel_size`` (Z, Y, X) and the objects' ``diameter`` in pixels, ``"auto"`` to measure it);
     ids are unique in the whole result, 1..N. ``z_method="linking"`` instead links each plane's
     objects to the plane before, as the cluster path does (:mod:`.distributed`). ``progress(done,
     total)`` is called after each batch; ``should_stop()`` is checked between batches and raises
-    :class:`SegmentationCancelled` when true.
+    :class:`SegmentationCancelled` when true. Out of memory, the batch size is halved (logged as a
+    warning) until it is 1 (:func:`iter_segment`).
 
     ``out`` (e.g. a zarr array from :func:`~.io.create_labels_zarr`) receives each batch's planes as
     soon as they are done and is returned, so memory stays bounded by one batch however large the
@@ -433,50 +516,20 @@ def segment(
         raise ValueError(f"z_method must be one of {', '.join(Z_METHODS)}, got {z_method!r}")
     stitch = stitch_z and "Z" in layout.plane_axes and checkpoint.info.mode == "instance"
     if stitch and z_method == "consensus":
+        from .volume import iter_segment_stacks  # local: volume builds on this module
+
         predictor = PlanePredictor(checkpoint, device, batch_size, tile_size, precision, backend)
-        return _segment_stacks(image, layout, predictor, out, voxel_size, diameter, progress, should_stop)
-    z_axis = layout.plane_axes.index("Z") if stitch else None
-    for step in iter_segment(
-        image,
-        checkpoint,
-        axes=layout.axes,
-        device=device,
-        batch_size=batch_size,
-        tile_size=tile_size,
-        precision=precision,
-        backend=backend,
-    ):
-        for plane in step.planes:
-            out[plane.index] = stitch_plane(out, plane.index, plane.labels, z_axis)
+        steps = iter_segment_stacks(image, layout, predictor, out, voxel_size=voxel_size, diameter=diameter)
+    else:
+        steps = iter_segment(
+            image, checkpoint, axes=layout.axes, device=device, batch_size=batch_size, tile_size=tile_size,
+            precision=precision, backend=backend, out=out, link_z=stitch,
+        )
+    for step in steps:
+        if step.note:
+            logger.warning(step.note)
         if progress is not None:
             progress(step.done, step.total)
         if should_stop is not None and should_stop() and step.done < step.total:
             raise SegmentationCancelled
-    return out
-
-
-def _segment_stacks(
-    image: Any, layout: AxesLayout, predictor: PlanePredictor, out: Any, voxel_size: Sequence[float] | None,
-    diameter: float | str | None, progress: Callable[[int, int], None] | None,
-    should_stop: Callable[[], bool] | None,
-) -> Any:
-    """3D objects of each (Z, Y, X) stack of ``image`` (one per T index), ids continuing from stack to stack."""
-    from .volume import segment_stack  # local: volume's type hints name PlanePredictor
-
-    if predictor.network.in_channels != 1:
-        raise ValueError("3D objects need a model with one input channel; use z_method='linking'")
-    z_axis = layout.plane_axes.index("Z")
-    lead_shape = tuple(image.shape[layout.axes.index(a)] for a in layout.plane_axes if a != "Z")
-    depth = image.shape[layout.axes.index("Z")]
-    next_id = 0
-    for done, lead in enumerate(np.ndindex(*lead_shape)):
-        planes = [_read_plane(image, layout, lead[:z_axis] + (z,) + lead[z_axis:]) for z in range(depth)]
-        stack = np.stack([np.nanmean(p.astype(np.float32), axis=0) for p in planes])  # channels averaged
-        labels, _ = segment_stack(stack, predictor, voxel_size=voxel_size, diameter=diameter, should_stop=should_stop)
-        labels[labels > 0] += np.uint32(next_id)
-        next_id = max(next_id, int(labels.max()))
-        selector = lead[:z_axis] + (slice(None),) + lead[z_axis:]
-        out[selector] = labels
-        if progress is not None:
-            progress(done + 1, max(1, int(np.prod(lead_shape))))
     return out

@@ -81,9 +81,8 @@ def _volume_options(parameters: dict[str, Any]) -> list[str]:
         words += ["--z-method", str(parameters["z_method"])]
     if parameters.get("voxel_size") is not None:
         words += ["--voxel-size", ",".join(f"{float(v):g}" for v in parameters["voxel_size"])]
-    diameter = parameters.get("diameter", "auto")
-    if diameter != "auto":  # None: the stack's own scale, written as 0
-        words += ["--diameter", f"{float(diameter or 0):g}"]
+    diameter = parameters.get("diameter", "auto")  # None: the stack's own scale, written as 0
+    words += ["--diameter", "auto" if diameter == "auto" else f"{float(diameter or 0):g}"]
     return words
 
 

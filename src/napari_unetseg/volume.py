@@ -23,19 +23,24 @@ probabilities of the rescaled stack, three classes).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.segmentation import watershed
 
+from .inference import (
+    AxesLayout,
+    BatchProgress,
+    PlanePredictor,
+    PlaneResult,
+    _read_plane,
+    halve_batch,
+)
 from .normalize import normalize_plane
 from .postprocess import BACKGROUND, BOUNDARY, INTERIOR, drop_small_objects
-
-if TYPE_CHECKING:
-    from .inference import PlanePredictor
 
 #: The object diameter (pixels) a model expects when its checkpoint does not say: the middle of the
 #: built-in nuclei model's training sizes (radius 4-30 px, log-uniform), where its 2D F1 is flat (16-30 px).
@@ -87,19 +92,23 @@ def plan_volume(
     return VolumePlan(zoom, diameter)
 
 
-def _planes_along(volume: np.ndarray, axis: int) -> Iterator[np.ndarray]:
-    for index in range(volume.shape[axis]):
-        yield np.take(volume, index, axis=axis)
+def _consensus(
+    volume: np.ndarray, plane_probabilities: PlaneProbabilities, batch: int = 8
+) -> Generator[tuple[int, int], None, np.ndarray]:
+    """Class probabilities ``(K, Z, Y, X)`` averaged over the XY, XZ and YZ planes of a normalised volume.
 
-
-def consensus_probabilities(volume: np.ndarray, plane_probabilities: PlaneProbabilities, batch: int = 8) -> np.ndarray:
-    """Class probabilities ``(K, Z, Y, X)`` averaged over the XY, XZ and YZ planes of a normalised volume."""
+    Yields ``(planes done, planes in all)`` after each network batch.
+    """
     total: np.ndarray | None = None
+    done, planes = 0, sum(volume.shape)
+    yield done, planes
     for axis in (0, 1, 2):
-        planes = list(_planes_along(volume, axis))
         results: list[np.ndarray] = []
-        for start in range(0, len(planes), batch):
-            results += plane_probabilities([p[np.newaxis] for p in planes[start : start + batch]])
+        for start in range(0, volume.shape[axis], batch):
+            stop = min(start + batch, volume.shape[axis])
+            results += plane_probabilities([np.take(volume, i, axis=axis)[np.newaxis] for i in range(start, stop)])
+            done += stop - start
+            yield done, planes
         along = np.stack(results, axis=axis + 1).astype(np.float32)
         total = along if total is None else total + along
     assert total is not None
@@ -159,7 +168,7 @@ def normalize_volume(volume: np.ndarray, low: float = 1.0, high: float = 99.8) -
     return normalised.reshape(volume.shape)
 
 
-def segment_volume(
+def iter_segment_volume(
     stack: np.ndarray,
     plane_probabilities: PlaneProbabilities,
     plane_labels: Callable[[np.ndarray], np.ndarray],
@@ -168,14 +177,15 @@ def segment_volume(
     diameter: float | str | None = "auto",
     model_diameter: float = DEFAULT_MODEL_DIAMETER,
     normalization: tuple[float, float] = (1.0, 99.8),
-) -> tuple[np.ndarray, VolumePlan]:
+) -> Generator[tuple[int, int], None, tuple[np.ndarray, VolumePlan]]:
     """3D object ids (uint32, 1..N, the stack's shape) of a ``(Z, Y, X)`` stack, and the resampling used.
 
-    ``plane_probabilities`` runs the network on normalised ``(1, H, W)`` planes of one size (and
-    may raise to cancel);
-    ``plane_labels`` turns one plane's probabilities into 2D objects (for the size estimate).
-    ``diameter``: the objects' diameter in XY pixels, ``"auto"`` to measure it, or None to keep
-    the stack's scale. See the module docstring for the method.
+    Yields ``(planes done, planes in all)`` after each network batch (so a GUI shows progress and
+    can stop it there) and returns ``(labels, plan)``. ``plane_probabilities`` runs the network on
+    normalised ``(1, H, W)`` planes of one size (and may raise to cancel); ``plane_labels`` turns
+    one plane's probabilities into 2D objects (for the size estimate). ``diameter``: the objects'
+    diameter in XY pixels, ``"auto"`` to measure it, or None to keep the stack's scale. See the
+    module docstring for the method.
     """
     stack = np.asarray(stack)
     if stack.ndim != 3:
@@ -187,29 +197,77 @@ def segment_volume(
     volume = normalize_volume(stack.astype(np.float32), low, high)
     if plan.resamples:
         volume = ndi.zoom(volume, plan.zoom, order=1, grid_mode=True, mode="nearest")
-    probabilities = consensus_probabilities(volume, plane_probabilities)
+    probabilities = yield from _consensus(volume, plane_probabilities)
     labels = instances_3d(probabilities, plan.zoom[0])
     if labels.shape != stack.shape:
         labels = _resize_labels(labels, stack.shape)
     return drop_small_objects(labels, 1), plan
 
 
-def segment_stack(
-    stack: np.ndarray, predictor: PlanePredictor, *, voxel_size: Sequence[float] | None = None,
-    diameter: float | str | None = "auto", should_stop: Callable[[], bool] | None = None,
+def segment_volume(
+    stack: np.ndarray, plane_probabilities: PlaneProbabilities, plane_labels: Callable[[np.ndarray], np.ndarray],
+    **options: Any,
 ) -> tuple[np.ndarray, VolumePlan]:
-    """:func:`segment_volume` with a :class:`~.inference.PlanePredictor`'s network, normalisation and object size."""
+    """:func:`iter_segment_volume` run to the end: ``(labels, plan)``."""
+    steps = iter_segment_volume(stack, plane_probabilities, plane_labels, **options)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as end:
+            return end.value
+
+
+def iter_segment_stacks(
+    image: Any, layout: AxesLayout, predictor: PlanePredictor, out: Any, *,
+    voxel_size: Sequence[float] | None = None, diameter: float | str | None = "auto", id_offset: int = 0,
+) -> Iterator[BatchProgress]:
+    """3D objects of each (Z, Y, X) stack of ``image`` (one per T index) into ``out``, ids continuing from
+    stack to stack after ``id_offset``.
+
+    Yields after each network batch (``done`` / ``total`` count network planes; the total of later
+    stacks is estimated from the first) and, once a stack is written, with its Z planes.
+    """
+    if predictor.network.in_channels != 1:
+        raise ValueError("3D objects need a model with one input channel; use z_method='linking'")
     info = predictor.checkpoint.info
-    norm = info.normalization
-    return segment_volume(
-        stack,
-        lambda planes: predictor.probabilities(planes, should_stop),
-        predictor.labels,
-        voxel_size=voxel_size,
-        diameter=diameter,
-        model_diameter=info.object_diameter or DEFAULT_MODEL_DIAMETER,
-        normalization=(norm.get("low", 1.0), norm.get("high", 99.8)),
-    )
+    options = {
+        "voxel_size": voxel_size, "diameter": diameter, "model_diameter": info.object_diameter or DEFAULT_MODEL_DIAMETER,
+        "normalization": (info.normalization.get("low", 1.0), info.normalization.get("high", 99.8)),
+    }
+    z_axis = layout.plane_axes.index("Z")
+    lead_shape = tuple(image.shape[layout.axes.index(a)] for a in layout.plane_axes if a != "Z")
+    depth, stacks = image.shape[layout.axes.index("Z")], max(1, int(np.prod(lead_shape)))
+    next_id, before, total = int(id_offset), 0, 3 * depth  # total: network planes per stack (known after the first)
+    for count, lead in enumerate(np.ndindex(*lead_shape)):
+        indices = [lead[:z_axis] + (z,) + lead[z_axis:] for z in range(depth)]
+        stack = np.stack([np.nanmean(_read_plane(image, layout, i).astype(np.float32), axis=0) for i in indices])
+        labels = None
+        while labels is None:  # again with half the batch after running out of memory
+            steps = iter_segment_volume(stack, predictor.probabilities, predictor.labels, **options)
+            try:
+                labels, total = yield from _as_progress(steps, before, stacks - count)
+            except Exception as exc:
+                yield BatchProgress(before, before + total * (stacks - count), [], halve_batch(predictor, exc))
+        before += total
+        labels[labels > 0] += np.uint32(next_id)
+        next_id = max(next_id, int(labels.max()))
+        out[lead[:z_axis] + (slice(None),) + lead[z_axis:]] = labels
+        planes = [PlaneResult(index, labels[z]) for z, index in enumerate(indices)]
+        yield BatchProgress(before, before + total * (stacks - count - 1), planes)
+
+
+def _as_progress(
+    steps: Generator[tuple[int, int], None, tuple[np.ndarray, VolumePlan]], before: int, stacks_left: int
+) -> Generator[BatchProgress, None, tuple[np.ndarray, int]]:
+    """:func:`iter_segment_volume`'s steps as :class:`BatchProgress` after ``before`` planes; returns
+    the labels and the planes this stack took."""
+    total = 0
+    while True:
+        try:
+            done, total = next(steps)
+        except StopIteration as end:
+            return end.value[0], total
+        yield BatchProgress(before + done, before + total * stacks_left)
 
 
 def _resize_labels(labels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

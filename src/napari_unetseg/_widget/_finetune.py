@@ -13,7 +13,8 @@ from ..checkpoint import CheckpointError, ModelInfo, save_checkpoint
 from ..options import labels_dtype
 from ..targets import painting_advice, result_as_annotation
 from ..training_types import TrainResult
-from ._jobs import EntropyUpdate, FineTuneJob, FineTuneUpdate, JobFailed, PreviewSource, entropy_job
+from ..uncertainty import UncertaintyProgress
+from ._jobs import FineTuneJob, FineTuneUpdate, JobFailed, PreviewSource, entropy_job
 from ._layers import (
     METADATA_KEY,
     ImageSource,
@@ -365,7 +366,7 @@ class FineTunePanel(Container):
             on_return=self._on_entropy_done,
         )
 
-    def _on_entropy(self, update: EntropyUpdate) -> None:
+    def _on_entropy(self, update: UncertaintyProgress) -> None:
         layer = find_layer(self.host.viewer, self._context.get("uncertainty_id"))
         if layer is not None:
             write_planes(layer, update.planes)

@@ -8,6 +8,7 @@ decides how to show it (napari's workers would otherwise pop up tracebacks, and 
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Generator, Sequence
@@ -17,10 +18,12 @@ from typing import Any
 import numpy as np
 
 from ..checkpoint import Checkpoint
-from ..inference import AxesLayout, PlanePredictor, PlaneResult, _read_plane, iter_segment
+from ..device import free_gpu_memory, is_out_of_memory
+from ..inference import AxesLayout, BatchProgress, PlanePredictor, PlaneResult, _read_plane, iter_segment
 from ..metrics import object_changes
-from ..postprocess import stitch_slices
 from ..training import Trainer, TrainProgress, TrainResult
+from ..uncertainty import UncertaintyProgress, iter_uncertainty
+from ..volume import iter_segment_stacks
 
 
 @dataclass(frozen=True)
@@ -28,15 +31,6 @@ class JobFailed:
     """Returned instead of a result: ``message`` says in plain words what went wrong."""
 
     message: str
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """True for a GPU (or CPU allocator) out-of-memory error."""
-    import torch
-
-    if isinstance(exc, torch.cuda.OutOfMemoryError | MemoryError):
-        return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
 def describe_error(exc: BaseException, doing: str) -> str:
@@ -50,26 +44,16 @@ def describe_error(exc: BaseException, doing: str) -> str:
 
 
 @dataclass
-class SegmentUpdate:
-    """Planes finished since the last update; ``note`` says when the batch size was lowered."""
-
-    done: int
-    total: int
-    planes: list[PlaneResult]
-    note: str = ""
-
-
-@dataclass
 class SegmentOutcome:
-    """The end of a run: ``stitched`` is the whole Z-linked result when stitching was asked for."""
+    """The end of a run: how many slices were segmented."""
 
     total: int
-    stitched: np.ndarray | None = None
 
 
 def segment_job(
     image: Any,
     checkpoint: Checkpoint,
+    out: Any,
     *,
     axes: str,
     device: str,
@@ -77,80 +61,49 @@ def segment_job(
     tile_size: int,
     order: Sequence[tuple[int, ...]],
     id_offset: int = 0,
-    stitch_axis: int | None = None,
+    link_z: bool = False,
     precision: str = "auto",
     backend: str = "torch",
-) -> Generator[SegmentUpdate, None, SegmentOutcome | JobFailed]:
-    """Segment the planes in ``order``; on out-of-memory, go on with half the batch size.
+) -> Generator[BatchProgress, None, SegmentOutcome | JobFailed]:
+    """:func:`~..inference.iter_segment` over the planes in ``order`` into ``out``, as a job.
 
-    Instance ids start after ``id_offset`` and stay unique across restarts. With ``stitch_axis``
-    (an axis of the output) the job keeps the whole result and links objects along it at the end.
+    Instance ids start after ``id_offset``; ``link_z`` links objects across Z through ``out``
+    (numpy or zarr alike); out of memory, the batch size is halved (steps with a ``note``).
     """
-    remaining = list(order)
-    total, done, next_id = len(remaining), 0, int(id_offset)
-    layout = AxesLayout(axes)
-    out_shape = tuple(image.shape[i] for i, a in enumerate(axes) if a != "C")
-    kept = np.zeros(out_shape, np.uint32) if stitch_axis is not None else None
-    while remaining:
-        offset = next_id
-        try:
-            for step in iter_segment(
-                image,
-                checkpoint,
-                axes=layout.axes,
-                device=device,
-                batch_size=batch_size,
-                tile_size=tile_size,
-                precision=precision,
-                backend=backend,
-                plane_order=remaining,
-            ):
-                for plane in step.planes:
-                    if plane.labels.dtype == np.uint32 and offset:
-                        plane.labels[plane.labels > 0] += np.uint32(offset)
-                    if plane.labels.dtype == np.uint32 and plane.labels.size:
-                        next_id = max(next_id, int(plane.labels.max()))
-                    if kept is not None:
-                        kept[plane.index] = plane.labels
-                done += len(step.planes)
-                remaining = remaining[len(step.planes) :]
-                yield SegmentUpdate(done, total, step.planes)
-        except Exception as exc:  # every failure becomes a message
-            if is_out_of_memory(exc) and batch_size > 1:
-                _free_gpu_memory()
-                batch_size //= 2
-                yield SegmentUpdate(
-                    done, total, [], f"Out of memory on {device}: continuing with batch size {batch_size}."
-                )
-                continue
-            if is_out_of_memory(exc):
-                return JobFailed(
-                    f"Out of memory on {device} even with batch size 1. Try a smaller tile size "
-                    "(advanced options) or the CPU."
-                )
-            return JobFailed(describe_error(exc, "Segmentation"))
-    if kept is not None:
-        kept = stitch_slices(kept, axis=stitch_axis)
-    return SegmentOutcome(total, kept)
+    try:
+        yield from iter_segment(
+            image, checkpoint, axes=axes, device=device, batch_size=batch_size, tile_size=tile_size,
+            precision=precision, backend=backend, plane_order=order, id_offset=id_offset, out=out, link_z=link_z,
+        )
+    except Exception as exc:  # every failure becomes a message
+        return JobFailed(describe_error(exc, "Segmentation"))
+    return SegmentOutcome(len(order))
 
 
-def _free_gpu_memory() -> None:
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+def objects_3d_job(
+    image: Any,
+    checkpoint: Checkpoint,
+    out: Any,
+    *,
+    axes: str,
+    device: str,
+    batch_size: int,
+    tile_size: int,
+    voxel_size: Sequence[float] | None,
+    diameter: float | str | None,
+    precision: str = "auto",
+    backend: str = "torch",
+) -> Generator[BatchProgress, None, SegmentOutcome | JobFailed]:
+    """One id per 3D object of each (Z, Y, X) stack into ``out``: :func:`~..volume.iter_segment_stacks` as a job."""
+    try:
+        predictor = PlanePredictor(checkpoint, device, batch_size, tile_size, precision, backend)
+        yield from iter_segment_stacks(image, AxesLayout(axes), predictor, out, voxel_size=voxel_size, diameter=diameter)
+    except Exception as exc:
+        return JobFailed(describe_error(exc, "Segmenting 3D objects"))
+    return SegmentOutcome(math.prod(n for n, a in zip(image.shape, axes) if a not in "YXC"))
 
 
 # ---------------------------------------------------------------------------- uncertainty
-
-
-@dataclass
-class EntropyUpdate:
-    """Planes done, the total, and the finished ``(index, entropy)`` planes."""
-
-    done: int
-    total: int
-    planes: list[tuple[tuple[int, ...], np.ndarray]]
 
 
 def entropy_job(
@@ -162,20 +115,12 @@ def entropy_job(
     batch_size: int,
     tile_size: int,
     order: Sequence[tuple[int, ...]],
-) -> Generator[EntropyUpdate, None, int | JobFailed]:
-    """Per-pixel entropy of the predicted class probabilities, 0 (sure) to 1 (undecided), plane by plane."""
-    layout = AxesLayout(axes)
+) -> Generator[UncertaintyProgress, None, int | JobFailed]:
+    """:func:`~..uncertainty.iter_uncertainty` as a job: per-pixel entropy, 0 (sure) to 1 (undecided)."""
     try:
-        predictor = PlanePredictor(checkpoint, device, batch_size, tile_size)
-        scale = np.float32(1.0 / np.log(predictor.num_classes))
-        for done, index in enumerate(order, start=1):
-            plane = predictor.prepare(_read_plane(image, layout, index))
-            if plane is None:
-                entropy = np.zeros((image.shape[axes.index("Y")], image.shape[axes.index("X")]), np.float32)
-            else:
-                p = predictor.probabilities([plane])[0]
-                entropy = -(p * np.log(np.clip(p, 1e-8, 1.0))).sum(axis=0) * scale
-            yield EntropyUpdate(done, len(order), [(index, entropy.astype(np.float32))])
+        yield from iter_uncertainty(
+            image, checkpoint, axes=axes, device=device, batch_size=batch_size, tile_size=tile_size, plane_order=order
+        )
     except Exception as exc:
         return JobFailed(describe_error(exc, "Computing the uncertainty"))
     return len(order)
@@ -259,7 +204,7 @@ class FineTuneJob:
             except Exception as exc:
                 batch = trainer.config.batch_size
                 if is_out_of_memory(exc) and batch > 1:
-                    _free_gpu_memory()
+                    free_gpu_memory()
                     trainer.config = replace(trainer.config, batch_size=batch // 2)
                     yield FineTuneUpdate(
                         None, note=f"Out of memory on {self.device}: continuing with batch size {batch // 2}."

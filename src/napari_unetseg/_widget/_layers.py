@@ -200,6 +200,10 @@ class OwnedLayers:
         self._ids[("labels", source.layer_id)] = layer.unique_id  # the image's latest result
         return layer
 
+    def output(self, layer: napari.layers.Labels) -> LayerOutput:
+        """``layer``'s data as a job's ``out``, written only while the user has not painted in the layer."""
+        return LayerOutput(layer.data, lambda: self.edited(layer))
+
     def uncertainty(self, source: ImageSource) -> napari.layers.Image:
         """Our ``"<image> uncertainty"`` layer (float32 zeros to start), made if needed."""
         layer = self.get("uncertainty", source)
@@ -219,6 +223,25 @@ class OwnedLayers:
             )
             self._own("uncertainty", source, layer)
         return layer
+
+
+class LayerOutput:
+    """A layer's data (numpy or zarr) for the engine to write planes into from a worker thread and
+    read them back (Z-linking); writes are dropped once ``edited()`` says the layer is the user's.
+
+    The GUI thread only redraws (``layer.refresh()``), so no whole copy of a stack is needed.
+    """
+
+    def __init__(self, data: Any, edited: Callable[[], bool]) -> None:
+        self.data, self.edited = data, edited
+        self.shape, self.dtype = data.shape, data.dtype
+
+    def __getitem__(self, key: Any) -> Any:
+        return self.data[key]
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        if not self.edited():
+            self.data[key] = value
 
 
 def write_planes(layer: napari.layers.Layer, planes: list[tuple[tuple[int, ...], np.ndarray]]) -> None:

@@ -57,9 +57,9 @@ class UNetSegWidget(Container):
                 self.finetune,
             ]
         )
-        self.models.preselect(self._image_kind())
         self.models.model.changed.connect(self._model_changed)
         self.image.changed.connect(self._image_changed)
+        self._image_changed()
         self._model_changed()
         self._events = [
             (viewer.layers.events.inserted, self._layers_changed),
@@ -115,6 +115,10 @@ class UNetSegWidget(Container):
         return image_imaging(plane.mean(axis=-1) if "C" in source.axes else plane)
 
     def _image_changed(self, *_: object) -> None:
+        try:
+            self.segment.image_changed(image_source(self.image.value))
+        except UserError:
+            self.segment.image_changed(None)
         if not self.models.chosen_by_user:  # follow the image until the user picks a model
             self.models.preselect(self._image_kind())
 

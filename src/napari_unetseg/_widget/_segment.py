@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import CheckBox, Container, ProgressBar, PushButton, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, ProgressBar, PushButton, SpinBox
 
-from ._jobs import JobFailed, SegmentOutcome, SegmentUpdate, segment_job
+from ..inference import Z_METHODS, BatchProgress
 from ..provenance import make_record
-from ._layers import METADATA_KEY, Note, current_plane, find_layer, largest_label, notify, write_planes
+from ._jobs import JobFailed, SegmentOutcome, objects_3d_job, segment_job
+from ._layers import METADATA_KEY, ImageSource, Note, current_plane, find_layer, largest_label, notify
 from ._models import remember_model
 
 if TYPE_CHECKING:
@@ -17,8 +18,9 @@ if TYPE_CHECKING:
 
 
 class SegmentPanel(Container):
-    """Segment button, "this slice only", advanced options (batch, tile, Z-linking), progress, Cancel and
-    Copy command (the ``unetseg segment`` call that makes the selected result again)."""
+    """Segment button, "this slice only", "3D objects" and the objects' diameter (images with a Z axis),
+    advanced options (batch, tile, 3D method), progress, Cancel and Copy command (the ``unetseg
+    segment`` call that makes the selected result again)."""
 
     def __init__(self, host: UNetSegWidget) -> None:
         self.host = host
@@ -39,12 +41,32 @@ class SegmentPanel(Container):
             step=64,
             tooltip="Larger planes are cut into tiles of this many pixels (with overlap).",
         )
-        self.stitch_z = CheckBox(
-            text="Link objects across Z",
+        self.objects_3d = CheckBox(
+            text="3D objects",
             value=True,
-            tooltip="Instance models on 3D stacks: give one id to an object across slices.",
+            tooltip="Instance models on Z stacks: one id per object in 3D (the voxel size is the layer's scale). "
+            "Off: objects of each slice on their own.",
         )
-        self.advanced = Container(widgets=[self.batch_size, self.tile_size, self.stitch_z], visible=False)
+        self.diameter = FloatSpinBox(
+            label="diameter",
+            value=0.0,
+            min=0.0,
+            max=10000.0,
+            step=1.0,
+            tooltip="The objects' diameter in XY pixels, so the stack is rescaled to the size the model knows; "
+            "auto measures it from a first pass.",
+        )
+        self.diameter.native.setSpecialValueText("auto")  # shown for 0
+        self.stack_options = Container(widgets=[self.objects_3d, self.diameter], layout="horizontal", visible=False)
+        self.stack_options.margins = (0, 0, 0, 0)
+        self.z_method = ComboBox(
+            label="3D method",
+            choices=Z_METHODS,
+            value=Z_METHODS[0],
+            tooltip="consensus: XY, XZ and YZ planes through the network, then 3D instances (best on near-cubic "
+            "voxels); linking: each slice's objects take the id of the object they overlap in the slice before.",
+        )
+        self.advanced = Container(widgets=[self.batch_size, self.tile_size, self.z_method], visible=False)
         self.run_button = PushButton(text="Segment")
         self.cancel_button = PushButton(text="Cancel")
         self.copy_button = PushButton(
@@ -57,7 +79,10 @@ class SegmentPanel(Container):
         )
         buttons.margins = (0, 0, 0, 0)
         super().__init__(
-            widgets=[self.this_slice, self.show_advanced, self.advanced, buttons, self.progress, self.status],
+            widgets=[
+                self.this_slice, self.stack_options, self.show_advanced, self.advanced, buttons, self.progress,
+                self.status,
+            ],
             labels=False,
         )
         self.margins = (0, 0, 0, 0)
@@ -67,10 +92,15 @@ class SegmentPanel(Container):
         self.copy_button.changed.connect(self.copy_command)
         self._target: tuple[Any, Any, str] | None = None  # labels layer id, image layer id, image name
         self._done = (0, 0)  # planes done, total of the running job
+        self._three_d = False  # whether the running (or last) job makes 3D objects by consensus
         self.segmented: dict[Any, set[tuple[int, ...]]] = {}  # labels layer id -> planes segmented
 
     def _toggle_advanced(self, shown: bool) -> None:
         self.advanced.visible = bool(shown)
+
+    def image_changed(self, source: ImageSource | None) -> None:
+        """Offer "3D objects" and the diameter only for images with a Z axis."""
+        self.stack_options.visible = source is not None and "Z" in source.axes
 
     def run(self, *_: object) -> None:
         """Start segmenting the chosen image (or its plane on screen) with the chosen model."""
@@ -96,33 +126,34 @@ class SegmentPanel(Container):
             id_offset = largest_label(labels.data) if instance else 0
         else:
             done.clear()
-        out_axes = source.axes.replace("C", "")
-        stitch = self.stitch_z.value and instance and not single and "Z" in out_axes
-        if stitch and not isinstance(labels.data, np.ndarray):  # the job links in memory: not for a zarr layer
-            stitch = False
-            notify("info", "Objects are not linked across Z for results this large; 'unetseg segment --stitch-z' can.")
+        three_d = self.objects_3d.value and instance and not single and "Z" in source.axes
+        z_method = self.z_method.value if three_d else None
+        if z_method == "consensus" and not isinstance(labels.data, np.ndarray):  # a result kept on disk
+            z_method = "linking"
+            notify("info", "This stack is too large to hold in memory for the consensus method, so its objects are "
+                   "linked slice to slice instead.")
         parameters = {
             "device": host.device.value, "precision": "auto", "backend": "torch", "tile_size": self.tile_size.value,
-            "batch_size": self.batch_size.value, "axes": source.axes,
-            "stitch_z": stitch, "shape": list(source.data.shape), **({"slice": list(here)} if single else {}),
+            "batch_size": self.batch_size.value, "axes": source.axes, "stitch_z": three_d,
+            "shape": list(source.data.shape), **({"slice": list(here)} if single else {}),
         }
+        engine = {key: parameters[key] for key in ("device", "precision", "backend", "tile_size", "batch_size")}
+        out = host.owned.output(labels)
+        if z_method == "consensus":
+            z_options = {"voxel_size": voxel_size(source), "diameter": self.diameter.value or "auto"}
+            parameters.update(z_method=z_method, **z_options)
+            job = objects_3d_job(source.data, checkpoint, out, axes=source.axes, **engine, **z_options)
+        else:
+            parameters.update({"z_method": z_method} if three_d else {})
+            job = segment_job(
+                source.data, checkpoint, out, axes=source.axes, **engine, order=order, id_offset=id_offset,
+                link_z=three_d,
+            )
         record = make_record(checkpoint, parameters, getattr(layer.source, "path", None))
         labels.metadata[METADATA_KEY] = {**labels.metadata.get(METADATA_KEY, {}), **record}
-        job = segment_job(
-            source.data,
-            checkpoint,
-            axes=source.axes,
-            device=parameters["device"],
-            batch_size=parameters["batch_size"],
-            tile_size=parameters["tile_size"],
-            precision=parameters["precision"],
-            backend=parameters["backend"],
-            order=order,
-            id_offset=id_offset,
-            stitch_axis=out_axes.index("Z") if stitch else None,
-        )
         self._target = (labels.unique_id, source.layer_id, source.name)
         self._done = (0, len(order))
+        self._three_d = z_method == "consensus"
         host.viewer.layers.selection.active = labels
         self.runner.start(
             job,
@@ -145,7 +176,7 @@ class SegmentPanel(Container):
         QApplication.clipboard().setText(command)
         notify("info", f"Copied to the clipboard: {command}")
 
-    def _on_update(self, update: SegmentUpdate) -> None:
+    def _on_update(self, update: BatchProgress) -> None:
         if self._target is None:
             return
         layer = find_layer(self.host.viewer, self._target[0])
@@ -158,12 +189,14 @@ class SegmentPanel(Container):
                 self.runner.stop()
             return
         self.segmented.setdefault(layer.unique_id, set()).update(p.index for p in update.planes)
-        write_planes(layer, [(p.index, p.labels) for p in update.planes])
+        if update.planes:  # the job wrote them into the layer's data
+            layer.refresh()
         self._done = (update.done, update.total)
         if update.note:
             notify("warning", update.note)
+        unit = "network planes" if self._three_d else "slices"
         # last: napari's progress bar may deliver the job's end (outcome, finished) from inside this call
-        self.runner.advance(update.done, update.total, f"{update.done} / {update.total} slices")
+        self.runner.advance(update.done, update.total, f"{update.done} / {update.total} {unit}")
 
     def _on_outcome(self, outcome: SegmentOutcome | JobFailed) -> None:
         target, self._target = self._target, None
@@ -172,17 +205,18 @@ class SegmentPanel(Container):
             notify("error", outcome.message)
             return
         layer = find_layer(self.host.viewer, target[0]) if target else None
-        if layer is not None and outcome.stitched is not None and not self.host.owned.edited(layer):
-            layer.data = outcome.stitched
         if layer is not None:
+            layer.refresh()
             self.host.measure.measure(layer, find_layer(self.host.viewer, target[1]))
         seconds = self.runner.elapsed
-        self.status.value = f"Done: {outcome.total} slice{'s' * (outcome.total != 1)} in {seconds:.1f} s."
+        found = f", {largest_label(layer.data)} 3D objects" if self._three_d and layer is not None else ""
+        self.status.value = f"Done: {outcome.total} slice{'s' * (outcome.total != 1)}{found} in {seconds:.1f} s."
 
     def _on_finished(self) -> None:
         if self._target is not None:  # no outcome came back: the job was cancelled
             self._target = None
-            self.status.value = f"Cancelled after {self._done[0]} of {self._done[1]} slices."
+            unit = "network planes" if self._three_d else "slices"
+            self.status.value = f"Cancelled after {self._done[0]} of {self._done[1]} {unit}."
 
     def layer_removed(self, layer_id: object) -> None:
         """Stop the running job if its image or labels layer was just deleted."""
@@ -191,3 +225,10 @@ class SegmentPanel(Container):
         what = "image" if layer_id == self._target[1] else "labels layer"
         notify("warning", f"The {what} of '{self._target[2]}' was removed, so its segmentation stopped.")
         self.runner.stop()
+
+
+def voxel_size(source: ImageSource) -> tuple[float, float, float]:
+    """The (Z, Y, X) voxel size of an image with a Z axis, from its layer's scale."""
+    spatial = source.axes.replace("C", "")
+    scale = source.geometry["scale"]
+    return tuple(float(scale[spatial.index(axis)]) for axis in "ZYX")  # type: ignore[return-value]
