@@ -525,3 +525,25 @@ def test_a_full_disk_while_saving_a_checkpoint_keeps_the_earlier_one(tmp_path, p
     assert main(argv) == 2
     assert error_line(capsys) == f"unetseg: error: {out}: No space left on device\n"
     assert snapshot(tmp_path) == before
+
+
+def test_out_of_memory_even_at_batch_one_is_one_error_line_and_writes_nothing(
+    tmp_path, tiny_instance_checkpoint, capsys, monkeypatch
+):
+    from napari_unetseg.inference import PlanePredictor
+
+    def out_of_memory(self, *args, **kwargs):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(PlanePredictor, "probabilities", out_of_memory)
+    monkeypatch.setattr(PlanePredictor, "probabilities_on", out_of_memory)  # the device post-processing's path
+    tifffile.imwrite(tmp_path / "cells.tif", np.random.default_rng(0).integers(0, 900, (4, 48, 48), np.uint16))
+    out = tmp_path / "labels.tif"
+    argv = ["segment", str(tmp_path / "cells.tif"), "-o", str(out), "-m", str(tiny_instance_checkpoint),
+            "--axes", "ZYX", "--device", "cpu", "--precision", "float32", "-q"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[:2] == ["unetseg: warning: Out of memory on cpu: continuing with batch size 2.",
+                       "unetseg: warning: Out of memory on cpu: continuing with batch size 1."], err
+    assert len(err) == 3 and err[2].startswith("unetseg: error: ") and "batch size 1" in err[2], err
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["cells.tif", "tiny-instance.pt"]

@@ -126,19 +126,22 @@ def _run_devices(args: argparse.Namespace) -> int:
 
 
 @contextmanager
-def _tifffile_warnings() -> Iterator[None]:
-    """Show tifffile's complaints about damaged files as ``unetseg: warning: ...`` lines."""
-    logger = logging.getLogger("tifffile")
+def _warnings_as_lines() -> Iterator[None]:
+    """Show tifffile's complaints about damaged files, and the engine's own warnings (e.g. a batch size
+    lowered after running out of memory), as ``unetseg: warning: ...`` lines."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("unetseg: warning: %(message)s"))
-    propagate = logger.propagate
-    logger.addHandler(handler)
-    logger.propagate = False
+    loggers = [logging.getLogger(name) for name in ("tifffile", __package__)]
+    propagate = [logger.propagate for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(handler)
+        logger.propagate = False
     try:
         yield
     finally:
-        logger.removeHandler(handler)
-        logger.propagate = propagate
+        for logger, before in zip(loggers, propagate):
+            logger.removeHandler(handler)
+            logger.propagate = before
 
 
 #: Each adds one sub-command to the parser; see the module docstring.
@@ -163,13 +166,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _bad_input_errors() -> tuple[type[Exception], ...]:
-    """What ends as one error line: ours, bad values, files, and a missing device if a command asked for one.
+    """What ends as one error line: ours, bad values, files, and a missing device or too little memory
+    for it (out of memory even at batch size 1; the message says what to try).
 
-    (The device module is imported only by the commands that use it, so its error class is looked
+    (The device module is imported only by the commands that use it, so its error classes are looked
     up when an error is being handled.)
     """
     device = sys.modules.get(f"{__package__}.device")
-    return (CliError, ValueError, OSError, *((device.DeviceUnavailableError,) if device is not None else ()))
+    found = (device.DeviceUnavailableError, device.OutOfMemoryError) if device is not None else ()
+    return (CliError, ValueError, OSError, *found)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -180,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, --version and usage errors
         return int(exc.code or 0)
     try:
-        with _tifffile_warnings():
+        with _warnings_as_lines():
             return args.run(args)
     except KeyboardInterrupt:
         print("unetseg: interrupted", file=sys.stderr)
