@@ -13,6 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import tifffile
 import pytest
 
 napari = pytest.importorskip("napari")
@@ -24,7 +25,7 @@ from napari_unetseg import versions  # noqa: E402
 from napari_unetseg._sample_data import nuclei_2d, nuclei_3d  # noqa: E402
 from napari_unetseg._widget import _models, _segment  # noqa: E402
 from napari_unetseg._widget._finetune import convention_text  # noqa: E402
-from napari_unetseg._widget._layers import image_source  # noqa: E402
+from napari_unetseg._widget._layers import METADATA_KEY, image_source  # noqa: E402
 from napari_unetseg._widget._main import UNetSegWidget  # noqa: E402
 from napari_unetseg.checkpoint import Checkpoint, ModelInfo, load_checkpoint  # noqa: E402
 from napari_unetseg.device import available_devices  # noqa: E402
@@ -606,6 +607,24 @@ def registered(npe2pm):
     """Our manifest registered with a test plugin manager (as the installed entry point would)."""
     with npe2pm.tmp_plugin(manifest=str(Path(__file__).parents[1] / "src/napari_unetseg/napari.yaml")):
         yield npe2pm
+
+
+def test_layers_segment_menu_opens_the_widget_and_save_keeps_the_provenance(registered, make_napari_viewer, tmp_path):
+    from napari._app_model import get_app_model
+
+    from napari_unetseg.provenance import read_record
+
+    viewer = make_napari_viewer()
+    entries = [item.command.id for item in get_app_model().menus.get_menu("napari/layers/segment")]
+    assert "napari-unetseg.make_widget" in entries  # Layers > Segment > U-Net Segmentation
+    record = {"model": "nuclei", "command": "unetseg segment cells.tif -o cells_labels.tif --model nuclei"}
+    data = np.zeros((2, 16, 16), np.uint32)
+    data[:, 4:9, 4:9] = 3
+    layer = viewer.add_labels(data, name="cells labels (nuclei)", metadata={METADATA_KEY: dict(record)})
+    (written,) = layer.save(str(tmp_path / "cells_labels.tif"), plugin="napari-unetseg")
+    assert read_record(written) == record
+    np.testing.assert_array_equal(tifffile.imread(written), data)
+    assert layer.metadata[METADATA_KEY] == record and sorted(p.name for p in tmp_path.iterdir()) == ["cells_labels.tif"]
 
 
 def test_plugin_samples_widget_and_checkpoint_reader(
