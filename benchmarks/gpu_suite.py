@@ -40,7 +40,8 @@ import torch
 from napari_unetseg.atomic import atomic_write
 from napari_unetseg.checkpoint import Checkpoint
 from napari_unetseg.device import get_device
-from napari_unetseg.inference import PlanePredictor, parse_axes, predict_planes, segment
+from napari_unetseg.axes import parse_axes
+from napari_unetseg.inference import PlanePredictor, predict_planes, segment
 from napari_unetseg.metrics import agreement, object_matching
 from napari_unetseg.models import resolve_model
 from napari_unetseg.postprocess_torch import device_postprocess_agrees

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from napari_unetseg.checkpoint import Checkpoint, ModelInfo
-from napari_unetseg.inference import PlanePredictor, SegmentationCancelled, iter_segment, parse_axes, segment
+from napari_unetseg.axes import parse_axes
+from napari_unetseg.inference import PlanePredictor, SegmentationCancelled, iter_segment, segment
 
 from conftest import ThresholdNet, disc_image, tiny_unet, two_touching_discs
 

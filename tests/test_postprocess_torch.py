@@ -9,7 +9,8 @@ from test_postprocess import _ideal_probabilities
 
 from napari_unetseg import postprocess_torch
 from napari_unetseg.checkpoint import Checkpoint, ModelInfo
-from napari_unetseg.inference import PlanePredictor, parse_axes, predict_planes
+from napari_unetseg.axes import parse_axes
+from napari_unetseg.inference import PlanePredictor, predict_planes
 from napari_unetseg.metrics import agreement
 from napari_unetseg.models import resolve_model
 from napari_unetseg.postprocess import probabilities_to_classes, probabilities_to_instances

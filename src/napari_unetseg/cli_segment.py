@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from distributed import Client
 
     from .checkpoint import Checkpoint
-    from .inference import AxesLayout
+    from .axes import AxesLayout
     from .io import ImageInfo
 
 
@@ -214,7 +214,7 @@ def _engine_parameters(
 def _run_segment(args: argparse.Namespace) -> int:
     from .cli_measure import channel_last, make_table, plan_segment_measurements, write_table
     from .device import get_device
-    from .inference import labels_spec, parse_axes
+    from .axes import labels_spec, parse_axes
     from .io import ImageReadError, labels_output, probe_image, read_image
     from .normalize import check_image
     from .outputs import plan_label_outputs

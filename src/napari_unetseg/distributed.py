@@ -35,12 +35,10 @@ import torch
 from dask.system import CPU_COUNT
 from distributed import Client, KilledWorker, WorkerPlugin, as_completed
 
+from .axes import AxesLayout, labels_spec, parse_axes
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from .inference import (
-    AxesLayout,
     PlanePredictor,
-    labels_spec,
-    parse_axes,
     planes_per_batch,
     predict_planes,
     resolve_checkpoint,

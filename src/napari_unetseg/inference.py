@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .axes import AxesLayout, labels_spec, parse_axes, read_plane
 from .checkpoint import Checkpoint, info_problem
 from .device import OutOfMemoryError, fit_to_memory, free_gpu_memory, get_device, is_out_of_memory
 from .metrics import agreement
@@ -34,67 +35,13 @@ from .postprocess_torch import device_labels, resolve_postprocess
 from .synthetic import synthetic_nuclei_2d
 from .tiling import TilePlan, plan_tiles
 
-SPATIAL_AXES = "YX"
 #: How ``segment(stitch_z=True)`` makes 3D objects: XY/XZ/YZ consensus (:mod:`.volume`) or plane-to-plane linking.
 Z_METHODS = ("consensus", "linking")
-KNOWN_AXES = "TZCYX"
 logger = logging.getLogger(__name__)
 
 
 class SegmentationCancelled(Exception):
     """Raised by :func:`segment` when ``should_stop`` asked it to stop."""
-
-
-@dataclass(frozen=True)
-class AxesLayout:
-    """How an image's axes map to planes: ``axes`` names each axis of the image (e.g. ``"TZYXC"``)."""
-
-    axes: str
-
-    @property
-    def channel_axis(self) -> int | None:
-        return self.axes.index("C") if "C" in self.axes else None
-
-    @property
-    def plane_axes(self) -> str:
-        """Axes iterated over to get 2D planes, in image order (everything but Y, X and C)."""
-        return "".join(a for a in self.axes if a not in "YXC")
-
-    def output_axes(self) -> str:
-        return self.axes.replace("C", "")
-
-
-def parse_axes(shape: Sequence[int], axes: str | None = None) -> AxesLayout:
-    """Name the axes of an image of ``shape``: check ``axes`` if given, else infer it.
-
-    Inference: 2D is ``YX``; a last axis of length 3 or 4 is an RGB(A) channel axis; the axis
-    before ``YX`` is ``Z`` and the one before that ``T``.
-    """
-    ndim = len(shape)
-    if axes is not None:
-        axes = axes.upper()
-        unknown = sorted(set(axes) - set(KNOWN_AXES), key=axes.index)
-        if unknown:
-            letters = ", ".join(repr(letter) for letter in unknown)
-            raise ValueError(
-                f"axes {axes!r}: {letters} {'is not an axis letter' if len(unknown) == 1 else 'are not axis letters'}; "
-                f"use {', '.join(KNOWN_AXES)}"
-            )
-        if len(set(axes)) != len(axes) or not {"Y", "X"} <= set(axes):
-            raise ValueError(f"axes {axes!r} must use each of {', '.join(KNOWN_AXES)} at most once and include Y and X")
-        if len(axes) != ndim:
-            raise ValueError(f"axes {axes!r} name {len(axes)} axes but the image has {ndim} (shape {tuple(shape)})")
-        if axes.index("Y") > axes.index("X"):
-            raise ValueError(f"axes {axes!r}: Y must come before X")
-        return AxesLayout(axes)
-    if ndim < 2:
-        raise ValueError(f"need an image with at least 2 dimensions, got shape {tuple(shape)}")
-    rgb = ndim >= 3 and shape[-1] in (3, 4)
-    spatial = ndim - (1 if rgb else 0)
-    if spatial > 4:
-        raise ValueError(f"cannot infer the axes of shape {tuple(shape)}; pass axes, e.g. 'TZCYX'")
-    inferred = "TZYX"[4 - spatial :] + ("C" if rgb else "")
-    return AxesLayout(inferred)
 
 
 @dataclass
@@ -271,19 +218,6 @@ def bfloat16_agrees(checkpoint: Checkpoint, planes: int = 2, size: int = 512) ->
     return agreement(labels[1], labels[0], checkpoint.info.mode)["same"]
 
 
-def _read_plane(image: Any, layout: AxesLayout, index: tuple[int, ...]) -> np.ndarray:
-    """Read one plane as ``(C, Y, X)`` (C = 1 without a channel axis), touching only that plane."""
-    selector: list[Any] = []
-    position = iter(index)
-    for axis in layout.axes:
-        selector.append(slice(None) if axis in "YXC" else next(position))
-    plane = np.asarray(image[tuple(selector)])
-    remaining = [a for a in layout.axes if a in "YXC"]
-    if "C" not in remaining:
-        return plane[np.newaxis]
-    return np.moveaxis(plane, remaining.index("C"), 0)
-
-
 def planes_per_batch(network: torch.nn.Module, height: int, width: int, batch_size: int, tile_size: int) -> int:
     """Planes of ``height`` x ``width`` that go through the network together (``batch_size`` tiles' worth, >= 1)."""
     return max(1, max(1, int(batch_size)) // len(plan_tiles(network, height, width, int(tile_size)).tiles))
@@ -305,7 +239,7 @@ def predict_planes(
         pending: Future[list[PlaneResult]] | None = None
         for start in range(0, len(order), per_batch):
             indices = order[start : start + per_batch]
-            prepared = [predictor.prepare(_read_plane(image, layout, index)) for index in indices]
+            prepared = [predictor.prepare(read_plane(image, layout, index)) for index in indices]
             ready = [p for p in prepared if p is not None]
             if not ready:
                 probabilities = []
@@ -449,12 +383,6 @@ class _PlaneWriter:
     def _linkable(self, index: tuple[int, ...]) -> bool:
         assert self.z_axis is not None
         return index[self.z_axis] == 0 or self._shift(index, -1) in self.final
-
-
-def labels_spec(image_shape: Sequence[int], layout: AxesLayout, mode: str) -> tuple[tuple[int, ...], np.dtype]:
-    """Shape and dtype of the labels of an image: its shape minus the channel axis; uint32 ids or uint8 classes."""
-    shape = tuple(int(n) for n, a in zip(image_shape, layout.axes) if a != "C")
-    return shape, labels_dtype(mode)
 
 
 def stitch_plane(out: Any, index: tuple[int, ...], labels: np.ndarray, z_axis: int | None) -> np.ndarray:

@@ -14,14 +14,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from .axes import parse_axes, read_plane
 from .checkpoint import Checkpoint
-from .inference import (
-    PlanePredictor,
-    _read_plane,
-    parse_axes,
-    planes_per_batch,
-    resolve_checkpoint,
-)
+from .inference import PlanePredictor, planes_per_batch, resolve_checkpoint
 from .normalize import check_image
 
 
@@ -63,7 +58,7 @@ def iter_uncertainty(
     per_batch = planes_per_batch(predictor.network, height, width, predictor.batch_size, predictor.tile_size)
     for start in range(0, len(order), per_batch):
         indices = order[start : start + per_batch]
-        prepared = [predictor.prepare(_read_plane(image, layout, index)) for index in indices]
+        prepared = [predictor.prepare(read_plane(image, layout, index)) for index in indices]
         ready = [p for p in prepared if p is not None]
         probabilities = iter(predictor.probabilities(ready) if ready else [])
         planes = [

@@ -31,14 +31,8 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.segmentation import watershed
 
-from .inference import (
-    AxesLayout,
-    BatchProgress,
-    PlanePredictor,
-    PlaneResult,
-    _read_plane,
-    halve_batch,
-)
+from .axes import AxesLayout, read_plane
+from .inference import BatchProgress, PlanePredictor, PlaneResult, halve_batch
 from .normalize import normalize_plane
 from .postprocess import BACKGROUND, BOUNDARY, INTERIOR, drop_small_objects
 
@@ -240,7 +234,7 @@ def iter_segment_stacks(
     next_id, before, total = int(id_offset), 0, 3 * depth  # total: network planes per stack (known after the first)
     for count, lead in enumerate(np.ndindex(*lead_shape)):
         indices = [lead[:z_axis] + (z,) + lead[z_axis:] for z in range(depth)]
-        stack = np.stack([np.nanmean(_read_plane(image, layout, i).astype(np.float32), axis=0) for i in indices])
+        stack = np.stack([np.nanmean(read_plane(image, layout, i).astype(np.float32), axis=0) for i in indices])
         labels = None
         while labels is None:  # again with half the batch after running out of memory
             steps = iter_segment_volume(stack, predictor.probabilities, predictor.labels, **options)

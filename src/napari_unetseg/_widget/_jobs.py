@@ -19,7 +19,8 @@ import numpy as np
 
 from ..checkpoint import Checkpoint
 from ..device import free_gpu_memory, is_out_of_memory
-from ..inference import AxesLayout, BatchProgress, PlanePredictor, PlaneResult, _read_plane, iter_segment
+from ..axes import AxesLayout, read_plane
+from ..inference import BatchProgress, PlanePredictor, PlaneResult, iter_segment
 from ..metrics import object_changes
 from ..training import Trainer, TrainProgress, TrainResult
 from ..uncertainty import UncertaintyProgress, iter_uncertainty
@@ -238,7 +239,7 @@ class FineTuneJob:
         index = source.index if index is None else index
         # float32: for one plane of fresh weights, the bfloat16 probe would cost more than it saves
         predictor = PlanePredictor(checkpoint, self.device, batch_size=4, precision="float32")
-        plane = predictor.prepare(_read_plane(source.image, AxesLayout(source.axes), index))
+        plane = predictor.prepare(read_plane(source.image, AxesLayout(source.axes), index))
         shape = (source.image.shape[source.axes.index("Y")], source.image.shape[source.axes.index("X")])
         if plane is None:
             return PlaneResult(index, predictor.blank_labels(shape))
