@@ -23,7 +23,7 @@ from conftest import ThresholdNet, tiny_unet, two_touching_discs, write_raw_chec
 
 from napari_unetseg import versions  # noqa: E402
 from napari_unetseg._sample_data import nuclei_2d, nuclei_3d  # noqa: E402
-from napari_unetseg._widget import _models, _segment  # noqa: E402
+from napari_unetseg._widget import _segment, _settings  # noqa: E402
 from napari_unetseg._widget._finetune import convention_text  # noqa: E402
 from napari_unetseg._widget._layers import METADATA_KEY, image_source  # noqa: E402
 from napari_unetseg._widget._main import UNetSegWidget  # noqa: E402
@@ -782,8 +782,26 @@ def test_first_segment_on_the_sample_uses_nuclei_and_finds_the_nuclei(qtbot, mak
     wait_idle(qtbot, widget)
     labels = viewer.layers["nuclei 2D labels (nuclei)"].data
     assert object_matching(labels, sample_image_2d()[1])["f1"] > 0.8
-    assert _models.last_used_model() == "nuclei"
+    assert _settings.last_used_model() == "nuclei"
     assert "last_model: nuclei" in get_plugin_settings("napari-unetseg").config_path.read_text()
+
+
+def test_the_device_and_threads_settings_apply_when_the_panel_opens(make_napari_viewer_proxy, monkeypatch):
+    import torch
+
+    viewer = make_napari_viewer_proxy()  # napari discovers the plugin and its settings
+    settings = _settings.panel_settings()
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(settings, "device", "cpu")
+    monkeypatch.setattr(settings, "threads", 1)
+    try:
+        widget = UNetSegWidget(viewer)
+        assert widget.device.value == "cpu" and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    monkeypatch.setattr(settings, "device", "cuda:7")  # a device this machine lacks: the best one found
+    monkeypatch.setattr(settings, "threads", 0)
+    assert UNetSegWidget(viewer).device.value == widget.device.choices[0]
 
 
 def em_like_section() -> np.ndarray:
@@ -809,7 +827,7 @@ def test_the_model_preselected_is_the_last_used_one_that_fits_the_image(
 ):
     viewer = make_napari_viewer_proxy()  # napari discovers the plugin and its settings
     if remembered is not None:
-        _models.remember_model(remembered)
+        _settings.remember_model(remembered)
     if image is not None:
         viewer.add_image(nuclei_2d()[0][0] if image == "fluorescence" else em_like_section(), name="img")
     widget = UNetSegWidget(viewer)

@@ -16,6 +16,7 @@ from ._measure import MeasurePanel
 from ._models import ModelPicker
 from ._runner import JobRunner
 from ._segment import SegmentPanel
+from ._settings import apply_threads, preferred_device
 
 if TYPE_CHECKING:
     import napari
@@ -39,7 +40,8 @@ class UNetSegWidget(Container):
         self.image = ComboBox(label="image", choices=self._image_choices)
         self.models = ModelPicker()
         report = explain_devices()
-        self.device = ComboBox(label="device", choices=report.devices, value=report.devices[0])
+        apply_threads()
+        self.device = ComboBox(label="device", choices=report.devices, value=preferred_device(report.devices))
         self.device_report = Note(value=report.summary(), tooltip="What PyTorch can use on this computer.")
         self.segment = SegmentPanel(self)
         self.measure = MeasurePanel(self)

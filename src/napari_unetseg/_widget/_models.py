@@ -21,33 +21,7 @@ from ..imaging import model_imaging
 from ..models import builtin_names, resolve_model
 from ..options import DEFAULT_MODEL
 from ._layers import Note, notify
-
-PLUGIN = "napari-unetseg"
-
-
-def _panel_settings() -> Any:
-    """The panel's napari plugin settings (``configurations.panel`` in napari.yaml, saved by napari in its
-    config folder as ``napari-unetseg.yaml``); None where napari does not know the plugin's settings."""
-    from napari.settings import get_plugin_settings
-
-    try:
-        return get_plugin_settings(PLUGIN).panel
-    except KeyError:  # the plugin manager has not discovered this plugin (a bare script)
-        return None
-
-
-def last_used_model() -> str | None:
-    """The key (built-in name or file path) of the model last used to segment; None if none."""
-    settings = _panel_settings()
-    return (settings.last_model or None) if settings is not None else None
-
-
-def remember_model(key: str) -> None:
-    """Keep ``key`` as the model the panel opens on next time (napari saves its settings file)."""
-    settings = _panel_settings()
-    if settings is not None and settings.last_model != key:
-        settings.last_model = key
-
+from ._settings import last_used_model
 
 @dataclass(frozen=True)
 class ModelEntry:

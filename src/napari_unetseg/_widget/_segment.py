@@ -11,7 +11,7 @@ from ..inference import Z_METHODS, BatchProgress
 from ..provenance import make_record
 from ._jobs import JobFailed, SegmentOutcome, objects_3d_job, segment_job
 from ._layers import METADATA_KEY, ImageSource, Note, current_plane, find_layer, largest_label, notify
-from ._models import remember_model
+from ._settings import remember_model
 
 if TYPE_CHECKING:
     from ._main import UNetSegWidget
