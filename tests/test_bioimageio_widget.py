@@ -11,25 +11,13 @@ pytest.importorskip("pytestqt")
 pytest.importorskip("onnxruntime")
 
 from test_bioimageio import make_package  # noqa: E402
+from test_widget import notes  # noqa: E402, F401  (a fixture used by name)
 
 from napari_unetseg._widget import _reader  # noqa: E402
 from napari_unetseg._widget._main import UNetSegWidget  # noqa: E402
 from napari_unetseg.bioimageio_load import load_package  # noqa: E402
 
 pytestmark = pytest.mark.gui
-
-
-@pytest.fixture
-def notes(monkeypatch) -> list[tuple[str, str]]:
-    """Every napari notification shown, as (kind, message)."""
-    from napari.utils import notifications
-
-    shown: list[tuple[str, str]] = []
-    for kind in ("info", "warning", "error"):
-        monkeypatch.setattr(
-            notifications, f"show_{kind}", lambda message, kind=kind: shown.append((kind, str(message)))
-        )
-    return shown
 
 
 @pytest.fixture
