@@ -24,7 +24,8 @@ _UNIT_NAMES = {
     "cm": "cm", "centimeter": "cm", "centimetre": "cm",
     "m": "m", "meter": "m", "metre": "m",
 }
-SPATIAL_AXES = "ZYX"
+#: The axes a physical pixel size can be recorded for.
+PHYSICAL_AXES = "ZYX"
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ def ome_xml_pixel_size(xml: str) -> PixelSize | None:
     if pixels is None:
         return None
     sizes = {}
-    for axis in SPATIAL_AXES:
+    for axis in PHYSICAL_AXES:
         value = pixels.get(f"PhysicalSize{axis}")
         if value is not None:
             sizes[axis] = (float(value), unit_name(pixels.get(f"PhysicalSize{axis}Unit", "um")))
