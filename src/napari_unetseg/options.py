@@ -16,6 +16,9 @@ DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 #: Inference backends of :mod:`.optimize`.
 BACKENDS = ("auto", "torch", "onnxruntime")
+#: Where probabilities become labels (:mod:`.postprocess_torch`): ``auto`` (the device on CUDA when a probe
+#: shows the labels agree, else the CPU), ``cpu``, ``device``.
+POSTPROCESS_CHOICES = ("auto", "cpu", "device")
 #: Kinds of model and of labels: separated objects or one class per label value.
 MODES = ("instance", "semantic")
 #: Label results bigger than this are not held in memory: they stream into a zarr store, and an

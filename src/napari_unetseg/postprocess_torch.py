@@ -28,10 +28,9 @@ import torch.nn.functional as F
 from .metrics import agreement
 from .model import UNet
 from .normalize import normalize_plane
+from .options import POSTPROCESS_CHOICES
 from .postprocess import BACKGROUND, BOUNDARY, INTERIOR, RELATIVE_MIN_SIZE, probabilities_to_instances, size_threshold
 
-#: Where post-processing runs: ``auto`` (the device on CUDA when the probe agrees, else the CPU), ``cpu``, ``device``.
-POSTPROCESS_CHOICES = ("auto", "cpu", "device")
 #: Levels of the boundary probability the watershed floods one after the other (more: closer to the CPU's order).
 WATERSHED_LEVELS = 32
 #: Propagation steps between two checks for convergence (each check waits for the device).
