@@ -71,12 +71,16 @@ def parse_axes(shape: Sequence[int], axes: str | None = None) -> AxesLayout:
     return AxesLayout(inferred)
 
 
-def read_plane(image: Any, layout: AxesLayout, index: tuple[int, ...]) -> np.ndarray:
-    """Read one plane as ``(C, Y, X)`` (C = 1 without a channel axis), touching only that plane."""
+def read_plane(
+    image: Any, layout: AxesLayout, index: tuple[int, ...], window: tuple[slice, slice] | None = None
+) -> np.ndarray:
+    """Read one plane as ``(C, Y, X)`` (C = 1 without a channel axis), touching only that plane
+    (only its ``window`` of Y and X slices when given)."""
+    region = dict(zip("YX", window or (slice(None), slice(None))))
     selector: list[Any] = []
     position = iter(index)
     for axis in layout.axes:
-        selector.append(slice(None) if axis in "YXC" else next(position))
+        selector.append(region.get(axis, slice(None)) if axis in "YXC" else next(position))
     plane = np.asarray(image[tuple(selector)])
     remaining = [a for a in layout.axes if a in "YXC"]
     if "C" not in remaining:

@@ -1,0 +1,81 @@
+"""Object size (size.py): the diameter measured from a first pass, and planes shrunk and labels resized back."""
+
+import numpy as np
+import pytest
+
+from napari_unetseg.axes import parse_axes, read_plane
+from napari_unetseg.checkpoint import Checkpoint, ModelInfo
+from napari_unetseg.inference import PlanePredictor
+from napari_unetseg.size import (
+    DEFAULT_MODEL_DIAMETER, ZoomedImage, equivalent_diameter, measure_diameter, model_diameter, resize_labels,
+    shrink_factor,
+)
+
+from conftest import ThresholdNet, disc_image
+
+
+def _discs(size: int, radius: int, centres) -> np.ndarray:
+    yy, xx = np.mgrid[:size, :size]
+    labels = np.zeros((size, size), np.uint32)
+    for k, (y, x) in enumerate(centres, start=1):
+        labels[(yy - y) ** 2 + (xx - x) ** 2 <= radius**2] = k
+    return labels
+
+
+def test_only_objects_well_above_the_models_size_shrink_the_image():
+    assert shrink_factor(60.0, 20.0) == pytest.approx(1 / 3)
+    assert shrink_factor(30.0, 20.0) == 1.0  # 1.5x: kept
+    assert shrink_factor(8.0, 20.0) == 1.0  # small objects are never enlarged
+    assert shrink_factor(None, 20.0) == 1.0
+    assert model_diameter(None) == DEFAULT_MODEL_DIAMETER and model_diameter(42.0) == 42.0
+
+
+def test_the_equivalent_diameter_of_discs_is_their_diameter():
+    labels = _discs(128, 10, [(30, 30), (90, 90), (30, 95)])
+    assert equivalent_diameter([labels]) == pytest.approx(20.0, rel=0.05)
+    assert equivalent_diameter([np.zeros((8, 8), np.uint32)]) is None
+
+
+def test_the_diameter_is_measured_on_the_bright_planes_of_a_stack():
+    big = disc_image(_discs(160, 25, [(45, 45), (115, 110)]))
+    dim = np.full_like(big, 100)  # out-of-focus planes: nothing to measure there
+    stack = np.stack([dim, dim, big, big, dim])
+    predictor = PlanePredictor(Checkpoint(ThresholdNet(), ModelInfo(mode="instance")), "cpu", 4, 1024, "float32", "torch")
+    layout = parse_axes(stack.shape, "ZYX")
+    diameter = measure_diameter(stack, layout, predictor.prepare, predictor.probabilities, predictor.labels)
+    assert diameter == pytest.approx(50.0, rel=0.1)
+    blank = np.full((2, 32, 32), 7, np.uint16)
+    assert measure_diameter(blank, parse_axes(blank.shape, "ZYX"), predictor.prepare,
+                            predictor.probabilities, predictor.labels) is None
+
+
+def test_a_zoomed_image_reads_shrunk_planes_and_keeps_channels():
+    image = np.zeros((3, 2, 40, 60), np.uint16)  # Z, C, Y, X
+    image[1, 0, 10:30, 20:40] = 500
+    layout = parse_axes(image.shape, "ZCYX")
+    zoomed = ZoomedImage(image, layout, 0.5)
+    assert zoomed.shape == (3, 2, 20, 30)
+    plane = read_plane(zoomed, layout, (1,))
+    assert plane.shape == (2, 20, 30)
+    assert plane[0, 5:15, 10:20].min() == pytest.approx(500) and plane[1].max() == 0
+
+
+def test_labels_resized_back_keep_every_object_and_the_shape():
+    small = _discs(40, 6, [(10, 10), (30, 28)])
+    large = resize_labels(small, (100, 100))
+    assert large.shape == (100, 100) and set(np.unique(large)) == {0, 1, 2}
+    assert np.array_equal(resize_labels(large, (40, 40)), small)
+
+
+def test_read_plane_reads_only_the_window():
+    reads = []
+
+    class Recording(np.ndarray):
+        def __getitem__(self, selector):
+            reads.append(selector)
+            return np.asarray(self)[selector]
+
+    image = np.arange(4 * 50 * 50).reshape(4, 50, 50).view(Recording)
+    plane = read_plane(image, parse_axes(image.shape, "ZYX"), (2,), (slice(10, 20), slice(5, 25)))
+    assert plane.shape == (1, 10, 20) and plane[0, 0, 0] == 2 * 2500 + 10 * 50 + 5
+    assert reads == [(2, slice(10, 20), slice(5, 25))]
