@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -30,8 +30,21 @@ DIAMETER_PLANES = 6
 CANDIDATE_PLANES = 24
 #: Planes are measured in a centred window of at most this side, so the first pass stays cheap on huge planes.
 MEASURE_WINDOW = 1024
+#: ...and at half their resolution (a quarter of a full pass): objects large enough to be shrunk (over
+#: :data:`SHRINK_ABOVE` x 20 px) are then still well inside the sizes the model was trained on (8-60 px).
+MEASURE_ZOOM = 0.5
 
 PlaneProbabilities = Callable[[list[np.ndarray]], list[np.ndarray]]
+
+
+class Predictor(Protocol):
+    """What :func:`plan_size` needs of a :class:`~.inference.PlanePredictor`."""
+
+    checkpoint: Any
+
+    def prepare(self, plane: np.ndarray) -> np.ndarray | None: ...
+    def probabilities(self, planes: list[np.ndarray]) -> list[np.ndarray]: ...
+    def labels(self, probabilities: np.ndarray) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -78,7 +91,8 @@ def measure_diameter(
     image: Any, layout: AxesLayout, prepare: Callable[[np.ndarray], np.ndarray | None],
     probabilities: PlaneProbabilities, labels: Callable[[np.ndarray], np.ndarray],
 ) -> float | None:
-    """The median diameter of the objects the network finds in the image's brightest planes, or None.
+    """The median diameter (input pixels) of the objects the network finds in the image's brightest
+    planes, seen at :data:`MEASURE_ZOOM`, or None.
 
     ``prepare``, ``probabilities`` and ``labels`` are a :class:`~.inference.PlanePredictor`'s (raw
     ``(C, H, W)`` plane -> input; inputs -> class probabilities; probabilities -> 2D objects).
@@ -90,10 +104,30 @@ def measure_diameter(
     window = tuple(_centre(image.shape[layout.axes.index(a)]) for a in "YX")
     planes = [read_plane(image, layout, index, window) for index in indices]
     chosen = [planes[i] for i in brightest([p.astype(np.float32).mean(axis=0) for p in planes])]
-    ready = [p for p in (prepare(plane) for plane in chosen) if p is not None]
+    shrunk = [ndi.zoom(p.astype(np.float32), (1.0, MEASURE_ZOOM, MEASURE_ZOOM), order=1, grid_mode=True,
+                       mode="nearest") for p in chosen]
+    ready = [p for p in (prepare(plane) for plane in shrunk) if p is not None]
     if not ready:
         return None
-    return equivalent_diameter([labels(p) for p in probabilities(ready)])
+    diameter = equivalent_diameter([labels(p) for p in probabilities(ready)])
+    return None if diameter is None else diameter / MEASURE_ZOOM
+
+
+def plan_size(image: Any, layout: AxesLayout, predictor: Predictor, diameter: float | str | None) -> SizePlan:
+    """How to rescale ``image`` for ``predictor``'s model: ``diameter`` in input pixels, ``"auto"`` to
+    measure it (:func:`measure_diameter`), None to keep the image's scale. Class-map (semantic)
+    models are never rescaled: their classes are textures, not objects of a size.
+    """
+    info = predictor.checkpoint.info
+    if diameter is None or info.mode != "instance":
+        return SizePlan(1.0, None)
+    if diameter == "auto":
+        diameter = measure_diameter(image, layout, predictor.prepare, predictor.probabilities, predictor.labels)
+    elif float(diameter) <= 0:
+        raise ValueError(f"the object diameter must be positive (pixels) or 'auto', got {diameter}")
+    if diameter is None:
+        return SizePlan(1.0, None)
+    return SizePlan(shrink_factor(float(diameter), model_diameter(info.object_diameter)), float(diameter))
 
 
 def _centre(length: int) -> slice:
