@@ -79,3 +79,21 @@ def test_read_plane_reads_only_the_window():
     plane = read_plane(image, parse_axes(image.shape, "ZYX"), (2,), (slice(10, 20), slice(5, 25)))
     assert plane.shape == (1, 10, 20) and plane[0, 0, 0] == 2 * 2500 + 10 * 50 + 5
     assert reads == [(2, slice(10, 20), slice(5, 25))]
+
+
+def test_plan_size_measures_instance_models_only_and_refuses_a_bad_diameter():
+    from napari_unetseg.size import plan_size
+
+    image = disc_image(_discs(160, 25, [(45, 45), (115, 110)]))
+    layout = parse_axes(image.shape, "YX")
+    finder = PlanePredictor(Checkpoint(ThresholdNet(), ModelInfo(mode="instance")), "cpu", 4, 1024, "float32", "torch")
+    measured = plan_size(image, layout, finder, "auto")
+    assert measured.diameter == pytest.approx(50.0, rel=0.1) and measured.zoom == pytest.approx(20 / measured.diameter)
+    assert plan_size(image, layout, finder, 60).zoom == pytest.approx(1 / 3)
+    assert not plan_size(image, layout, finder, None).rescales
+    classes = ModelInfo(mode="semantic", class_names=["a", "b", "c"])
+    semantic = PlanePredictor(Checkpoint(ThresholdNet(), classes), "cpu", 4, 1024, "float32", "torch")
+    assert plan_size(image, layout, semantic, 60) == plan_size(image, layout, semantic, "auto")
+    assert not plan_size(image, layout, semantic, 60).rescales
+    with pytest.raises(ValueError, match="diameter must be positive"):
+        plan_size(image, layout, finder, -3)
