@@ -11,13 +11,12 @@ from napari_unetseg.optimize import (
     CACHE_ENV,
     FastModel,
     OnnxModel,
-    choose_precision,
-    cpu_supports_bf16,
     fold_batchnorm,
     make_fast_model,
     onnx_cache_key,
     onnxruntime_available,
 )
+from napari_unetseg.precision import choose_precision, cpu_supports_bf16
 
 
 def _trained_batchnorm_unet() -> UNet:

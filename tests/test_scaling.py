@@ -20,6 +20,7 @@ import zarr
 from napari_unetseg import io, outputs
 from napari_unetseg.checkpoint import ModelInfo, save_checkpoint
 from napari_unetseg.cli import main
+from napari_unetseg.engine_settings import EngineSettings
 from napari_unetseg.inference import segment
 from napari_unetseg.io import create_labels_zarr, read_image
 from napari_unetseg.model import UNet
@@ -28,6 +29,7 @@ distributed = pytest.importorskip("distributed")
 from napari_unetseg.distributed import local_client, segment_distributed  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
+CPU = EngineSettings(device="cpu")
 
 
 def threshold_unet(base_channels: int = 1, depth: int = 1) -> UNet:
@@ -150,7 +152,7 @@ def test_two_workers_give_the_single_process_labels(tmp_path, client, model, sta
     seen = []
     before = client.run(model_loads)
     segment_distributed(
-        stack_store, out, model, client, device="cpu", planes_per_task=3, stitch_z=stitch,
+        stack_store, out, model, client, CPU, planes_per_task=3, stitch_z=stitch,
         progress=lambda done, total: seen.append((done, total)),
     )
     np.testing.assert_array_equal(out[:], expected)
@@ -168,7 +170,7 @@ def test_killed_workers_tasks_are_rerun(tmp_path, client, model):
     segment_distributed(
         KillOnce(image, marks, plane=1, on="read"),  # dies while segmenting
         KillOnce(out, marks, plane=7, on="write", nth=2),  # dies after giving plane 7 its id offset
-        model, client, device="cpu", planes_per_task=4,
+        model, client, CPU, planes_per_task=4,
     )
     assert sorted(p.name for p in marks.iterdir()) == ["read-1", "read-2", "write-1", "write-2", "write-3"]
     np.testing.assert_array_equal(out[:], expected)
