@@ -131,7 +131,8 @@ def test_touching_objects_end_to_end_and_z_stitching():
 def test_tiled_probabilities_equal_untiled(padding, depth, tile):
     checkpoint = _checkpoint(depth=depth, padding=padding)
     plane = np.random.default_rng(2).random((1, 150, 97), dtype=np.float32)
-    tiled_predictor = PlanePredictor(checkpoint, EngineSettings(device="cpu", batch_size=3, tile_size=tile, precision="float32"))
+    settings = EngineSettings(device="cpu", batch_size=3, tile_size=tile, precision="float32")
+    tiled_predictor = PlanePredictor(checkpoint, settings)
     assert len(tiled_predictor.plan(150, 97).tiles) > 4
     tiled = tiled_predictor.probabilities([plane])[0]
     whole_predictor = PlanePredictor(checkpoint, EngineSettings(device="cpu", tile_size=4096, precision="float32"))
@@ -158,7 +159,8 @@ def test_progress_after_each_batch_and_stop_within_one_batch():
 
 def test_iter_segment_follows_a_requested_plane_order():
     image = _blobs((5, 16, 16))
-    steps = list(iter_segment(image, _checkpoint(), EngineSettings(device="cpu", batch_size=1), plane_order=[(3,), (0,)]))
+    settings = EngineSettings(device="cpu", batch_size=1)
+    steps = list(iter_segment(image, _checkpoint(), settings, plane_order=[(3,), (0,)]))
     assert [p.index for s in steps for p in s.planes] == [(3,), (0,)]
     assert steps[-1].done == steps[-1].total == 2
 
@@ -214,53 +216,3 @@ def test_engine_settings_and_keyword_overrides_are_one_thing():
                                   expected)
     with pytest.raises(TypeError, match="not an engine setting: batch"):
         segment(image, checkpoint, batch=2)
-
-
-def test_auto_precision_takes_bfloat16_only_where_the_probe_agrees(monkeypatch):
-    import torch
-
-    from napari_unetseg import precision
-
-    cpu = torch.device("cpu")
-    verdicts = iter([True, False])
-    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: True)
-    monkeypatch.setattr(precision, "bfloat16_agrees", lambda checkpoint: next(verdicts))
-    agreeing, disagreeing = _checkpoint(seed=1), _checkpoint(seed=2)
-    assert precision.resolve_precision(agreeing, cpu) == "bfloat16"
-    assert precision.resolve_precision(disagreeing, cpu) == "float32"
-    assert precision.resolve_precision(agreeing, cpu) == "bfloat16"  # remembered: the probe ran once
-    assert precision.resolve_precision(disagreeing, cpu, "bfloat16") == "bfloat16"  # an explicit choice stands
-
-    def broken_probe(checkpoint):
-        raise RuntimeError("out of memory")
-
-    monkeypatch.setattr(precision, "bfloat16_agrees", broken_probe)
-    assert precision.resolve_precision(_checkpoint(seed=3), cpu) == "float32"
-    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: False)
-    assert precision.resolve_precision(_checkpoint(), cpu) == "auto"  # left to optimize: float32 on a CPU
-
-
-def test_the_probe_verdict_is_kept_on_disk_for_the_next_run(monkeypatch, private_cache):
-    import torch
-
-    from napari_unetseg import precision
-
-    cpu = torch.device("cpu")
-    probes = []
-    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: True)
-    monkeypatch.setattr(precision, "bfloat16_agrees", lambda checkpoint: probes.append(1) or True)
-    assert precision.resolve_precision(_checkpoint(seed=4), cpu) == "bfloat16"
-    precision._BFLOAT16_VERDICTS.clear()  # what a new process starts with
-    assert precision.resolve_precision(_checkpoint(seed=4), cpu) == "bfloat16" and len(probes) == 1
-    for path in (private_cache / "precision").iterdir():
-        path.write_text("{damaged")
-    precision._BFLOAT16_VERDICTS.clear()
-    assert precision.resolve_precision(_checkpoint(seed=4), cpu) == "bfloat16" and len(probes) == 2
-    assert precision.resolve_precision(_checkpoint(seed=5), cpu) == "bfloat16" and len(probes) == 3  # other weights
-
-
-def test_bfloat16_probe_compares_labels_of_both_precisions():
-    from napari_unetseg.precision import bfloat16_agrees
-
-    # a network that thresholds its input gives the same objects in any precision
-    assert bfloat16_agrees(Checkpoint(ThresholdNet(), ModelInfo()), planes=1, size=128) is True
