@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from ..checkpoint import Checkpoint
-from ..engine_settings import EngineSettings
 from ..device import free_gpu_memory, is_out_of_memory
+from ..engine_settings import EngineSettings
 from ..axes import AxesLayout, read_plane
 from ..inference import BatchProgress, PlanePredictor, PlaneResult, iter_segment
 from ..metrics import object_changes
