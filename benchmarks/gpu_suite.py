@@ -40,6 +40,7 @@ import torch
 from napari_unetseg.atomic import atomic_write
 from napari_unetseg.checkpoint import Checkpoint
 from napari_unetseg.device import get_device
+from napari_unetseg.engine_settings import EngineSettings
 from napari_unetseg.axes import parse_axes
 from napari_unetseg.inference import PlanePredictor, predict_planes, segment
 from napari_unetseg.metrics import agreement, object_matching
@@ -165,7 +166,8 @@ def throughput(table: Table, checkpoint: Checkpoint, device: torch.device, size:
               f"x{naive_seconds / seconds:.2f}", describe(labels, naive))
     results = {"stack": stack, "naive": naive, "speedup": naive_seconds / seconds}
     for post in ("cpu", "device"):
-        predictor = PlanePredictor(checkpoint, device, None, max(size, 1024), postprocess=post)
+        predictor = PlanePredictor(checkpoint, EngineSettings(device=device, batch_size=None, tile_size=max(size, 1024),
+                                                   postprocess=post))
         engine(stack[:2], predictor)
         labels, seconds, memory = measure(lambda p=predictor: engine(stack, p), device)
         table.add(f"largest batch ({predictor.batch_size}), post-processing on {post}", size, f"{planes} planes",

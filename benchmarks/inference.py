@@ -26,11 +26,13 @@ import numpy as np
 import torch
 
 from napari_unetseg.device import get_device
-from napari_unetseg.inference import PlanePredictor, resolve_precision, segment
+from napari_unetseg.engine_settings import EngineSettings
+from napari_unetseg.inference import PlanePredictor, segment
 from napari_unetseg.metrics import agreement
 from napari_unetseg.models import resolve_model
 from napari_unetseg.normalize import normalize_plane
-from napari_unetseg.optimize import cpu_supports_bf16, make_fast_model, onnxruntime_available
+from napari_unetseg.optimize import make_fast_model, onnxruntime_available
+from napari_unetseg.precision import cpu_supports_bf16, resolve_precision
 
 DEFAULT = "unetseg default (auto)"
 from napari_unetseg.synthetic import synthetic_nuclei_2d
@@ -93,7 +95,7 @@ def make_stack(size: int, slices: int, seed: int = 0) -> np.ndarray:
 def naive_segment(stack: np.ndarray, checkpoint, device: torch.device) -> np.ndarray:
     """The starting point: one slice at a time, float32, no tricks."""
     model = checkpoint.model.to(device).eval()
-    reference = PlanePredictor(checkpoint, "cpu", precision="float32")  # only for its post-processing
+    reference = PlanePredictor(checkpoint, EngineSettings(device="cpu", precision="float32"))  # only for its post-processing
     norm = checkpoint.info.normalization
     out = []
     next_id = 0
@@ -128,7 +130,7 @@ def onnx_segment_factory(checkpoint, threads: int) -> Callable[[np.ndarray], np.
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
-    post = PlanePredictor(checkpoint, "cpu", precision="float32")
+    post = PlanePredictor(checkpoint, EngineSettings(device="cpu", precision="float32"))
     norm = checkpoint.info.normalization
 
     def run(stack: np.ndarray) -> np.ndarray:
@@ -153,7 +155,7 @@ def monai_segment_factory(checkpoint, device: torch.device) -> Callable[[np.ndar
     except ImportError:
         return None
     model = checkpoint.model.to(device).eval()
-    post = PlanePredictor(checkpoint, "cpu", precision="float32")
+    post = PlanePredictor(checkpoint, EngineSettings(device="cpu", precision="float32"))
     norm = checkpoint.info.normalization
 
     def run(stack: np.ndarray) -> np.ndarray:

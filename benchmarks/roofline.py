@@ -18,7 +18,7 @@ from torch import nn
 
 from napari_unetseg.device import get_device
 from napari_unetseg.models import resolve_model
-from napari_unetseg.optimize import cpu_supports_bf16
+from napari_unetseg.precision import cpu_supports_bf16
 
 
 def matmul_flops(device: torch.device, dtype: torch.dtype, size: int = 2048, seconds: float = 2.0) -> float:

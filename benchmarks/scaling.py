@@ -37,6 +37,7 @@ from large_stack import disc_plane, threshold_unet  # noqa: E402
 
 from napari_unetseg.checkpoint import ModelInfo, save_checkpoint  # noqa: E402
 from napari_unetseg.distributed import local_client, segment_distributed  # noqa: E402
+from napari_unetseg.engine_settings import EngineSettings  # noqa: E402
 from napari_unetseg.inference import segment  # noqa: E402
 from napari_unetseg.io import create_labels_zarr, read_image  # noqa: E402
 
@@ -75,7 +76,7 @@ def main() -> None:
             client.run(importlib.import_module, "napari_unetseg.distributed")
             print(f"{workers} worker(s): cluster up and imports done in {time.perf_counter() - started:.1f} s")
             runs[f"{workers} worker(s)"] = lambda out, client=client: segment_distributed(
-                source, out, model, client, device="cpu"
+                source, out, model, client, EngineSettings(device="cpu")
             )
 
         times: dict[str, list[float]] = {name: [] for name in runs}

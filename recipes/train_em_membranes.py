@@ -23,6 +23,7 @@ import tifffile
 from common import log_progress, recipe_arguments, save_builtin
 from team_data import ISBI2012, require
 from napari_unetseg.checkpoint import Checkpoint
+from napari_unetseg.engine_settings import EngineSettings
 from napari_unetseg.inference import PlanePredictor, segment
 from napari_unetseg.metrics import evaluate
 from napari_unetseg.training import TrainConfig, Trainer, TrainResult
@@ -42,7 +43,7 @@ def choose_membrane_threshold(
     The network was trained with class-balanced weights, which favour the rarer membrane class:
     the plain arg-max (0.5) draws membranes thicker than the annotators did.
     """
-    predictor = PlanePredictor(checkpoint, device="cpu", precision="float32")
+    predictor = PlanePredictor(checkpoint, EngineSettings(device="cpu", precision="float32"))
     membrane = np.stack([p[0] for p in predictor.probabilities([predictor.prepare(i[np.newaxis]) for i in images])])
     sweep = []
     for threshold in THRESHOLDS:

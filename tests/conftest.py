@@ -72,6 +72,36 @@ def disc_image(labels: np.ndarray) -> np.ndarray:
     return np.where(labels > 0, 1000, 100).astype(np.uint16)
 
 
+def threshold_unet(base_channels: int = 1, depth: int = 1) -> UNet:
+    """A U-Net wired by hand to call pixels above 5/8 of the normalised range objects, with no boundary.
+
+    Only channel 0 of the first and last blocks is used; every other weight is zero, so the
+    network costs what a trained one of its size costs and finds every bright disc as one object.
+    """
+    net = UNet(num_classes=3, base_channels=base_channels, depth=depth, norm="none").eval()
+    with torch.no_grad():
+        for parameter in net.parameters():
+            parameter.zero_()
+        for block in (net.inc, net.ups[-1].conv):  # conv, norm, relu, conv, norm, relu
+            block[0].weight[0, 0, 1, 1] = 1.0
+            block[3].weight[0, 0, 1, 1] = 1.0
+        net.inc[0].bias[0] = -0.5  # relu(x - 0.5): 0 on background, up to 0.5 on objects
+        net.head.weight[:, 0, 0, 0] = torch.tensor([-20.0, 20.0, 0.0])  # background, interior, boundary
+        net.head.bias[:] = torch.tensor([2.5, -2.5, -10.0])
+    return net
+
+
+def blob_stack(planes: int = 10, size: int = 48) -> np.ndarray:
+    """uint16 ``(planes, size, size)``: 0 to 4 bright discs per plane that drift through Z (no disc: a blank plane)."""
+    yy, xx = np.mgrid[:size, :size]
+    stack = np.full((planes, size, size), 100)
+    centres = [(10, 10), (10, 36), (36, 10), (36, 36)]
+    for z in range(planes):
+        for k, (cy, cx) in enumerate(centres[: (z * 3) % 5]):
+            stack[z][(yy - cy - z % 2) ** 2 + (xx - cx) ** 2 <= 36 + 4 * k] = 1000
+    return stack.astype(np.uint16)
+
+
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path_factory, monkeypatch) -> Path:
     """Exported ONNX models and probe verdicts go to a new folder for each test, never the user's cache

@@ -9,9 +9,12 @@ from conftest import ThresholdNet, disc_image
 
 from napari_unetseg.checkpoint import Checkpoint, ModelInfo
 from napari_unetseg.device import OutOfMemoryError
+from napari_unetseg.engine_settings import EngineSettings
 from napari_unetseg.inference import PlanePredictor, SegmentationCancelled, iter_segment, segment
 from napari_unetseg.postprocess import stitch_slices
 from napari_unetseg.uncertainty import iter_uncertainty
+
+CPU = EngineSettings(device="cpu")
 
 
 def _threshold() -> Checkpoint:
@@ -33,7 +36,7 @@ def _objects(labels: np.ndarray) -> int:
 
 def test_ids_start_after_the_offset():
     image = disc_image(_two_columns(depth=2))
-    steps = list(iter_segment(image, _threshold(), device="cpu", id_offset=40))
+    steps = list(iter_segment(image, _threshold(), CPU, id_offset=40))
     ids = np.unique(np.concatenate([p.labels[p.labels > 0] for s in steps for p in s.planes]))
     assert ids.tolist() == [41, 42, 43, 44]
 
@@ -45,13 +48,13 @@ def test_z_linking_through_a_zarr_output_in_any_plane_order(first):
     image = disc_image(truth)
     order = [(first,)] + [(z,) for z in range(truth.shape[0]) if z != first]  # the slice on screen first
     out = zarr.zeros(truth.shape, chunks=(1, 40, 40), dtype=np.uint32)
-    steps = list(iter_segment(image, _threshold(), device="cpu", batch_size=1, plane_order=order, out=out,
+    steps = list(iter_segment(image, _threshold(), CPU.with_changes(batch_size=1), plane_order=order, out=out,
                               link_z=True))
     linked = out[:]
     assert _objects(linked) == 2  # one id per column, where each plane alone has two objects of its own
     assert all(set(np.unique(plane[plane > 0])) == set(np.unique(linked[linked > 0])) for plane in linked)
     unlinked = np.zeros_like(linked)
-    for step in iter_segment(image, _threshold(), device="cpu", batch_size=1, plane_order=order, out=unlinked):
+    for step in iter_segment(image, _threshold(), CPU.with_changes(batch_size=1), plane_order=order, out=unlinked):
         pass
     assert _objects(unlinked) == 2 * truth.shape[0]
     np.testing.assert_array_equal(linked, stitch_slices(unlinked))  # what linking the whole stack gives
@@ -61,7 +64,7 @@ def test_z_linking_through_a_zarr_output_in_any_plane_order(first):
 
 def test_z_linking_needs_an_output():
     with pytest.raises(ValueError, match="needs an output array"):
-        next(iter_segment(disc_image(_two_columns()), _threshold(), device="cpu", link_z=True))
+        next(iter_segment(disc_image(_two_columns()), _threshold(), CPU, link_z=True))
 
 
 def test_out_of_memory_halves_the_batch_and_goes_on(monkeypatch):  # float32: no bfloat16 probe runs the fake
@@ -77,7 +80,7 @@ def test_out_of_memory_halves_the_batch_and_goes_on(monkeypatch):  # float32: no
 
     monkeypatch.setattr(PlanePredictor, "probabilities", once_out_of_memory)
     out = np.zeros(expected.shape, np.uint32)
-    steps = list(iter_segment(image, _threshold(), device="cpu", batch_size=4, precision="float32", out=out))
+    steps = list(iter_segment(image, _threshold(), CPU.with_changes(precision="float32"), out=out))
     notes = [s.note for s in steps if s.note]
     assert notes == ["Out of memory on cpu: continuing with batch size 2."]
     assert calls[:2] == [4, 4] and set(calls[2:]) == {2}
@@ -111,7 +114,7 @@ def test_segment_backs_off_too_and_fails_clearly_at_batch_one(monkeypatch, caplo
 def test_uncertainty_is_zero_on_blank_planes_and_high_only_on_object_rims():
     image = disc_image(_two_columns(depth=3)).astype(np.float32)
     image[1] = 7.0  # a blank plane: nothing to hesitate about
-    steps = list(iter_uncertainty(image, _threshold(), device="cpu", batch_size=2))
+    steps = list(iter_uncertainty(image, _threshold(), CPU.with_changes(batch_size=2)))
     assert [s.done for s in steps] == [2, 3] and steps[-1].total == 3
     planes = dict(p for s in steps for p in s.planes)
     assert sorted(planes) == [(0,), (1,), (2,)]

@@ -5,6 +5,7 @@ import pytest
 
 from napari_unetseg.checkpoint import Checkpoint, ModelInfo
 from napari_unetseg.axes import parse_axes
+from napari_unetseg.engine_settings import EngineSettings
 from napari_unetseg.inference import PlanePredictor, SegmentationCancelled, iter_segment, segment
 
 from conftest import ThresholdNet, disc_image, tiny_unet, two_touching_discs
@@ -130,10 +131,11 @@ def test_touching_objects_end_to_end_and_z_stitching():
 def test_tiled_probabilities_equal_untiled(padding, depth, tile):
     checkpoint = _checkpoint(depth=depth, padding=padding)
     plane = np.random.default_rng(2).random((1, 150, 97), dtype=np.float32)
-    tiled_predictor = PlanePredictor(checkpoint, "cpu", batch_size=3, tile_size=tile, precision="float32")
+    settings = EngineSettings(device="cpu", batch_size=3, tile_size=tile, precision="float32")
+    tiled_predictor = PlanePredictor(checkpoint, settings)
     assert len(tiled_predictor.plan(150, 97).tiles) > 4
     tiled = tiled_predictor.probabilities([plane])[0]
-    whole_predictor = PlanePredictor(checkpoint, "cpu", tile_size=4096, precision="float32")
+    whole_predictor = PlanePredictor(checkpoint, EngineSettings(device="cpu", tile_size=4096, precision="float32"))
     assert len(whole_predictor.plan(150, 97).tiles) == 1
     whole = whole_predictor.probabilities([plane])[0]
     assert tiled.shape == whole.shape == (3, 150, 97)
@@ -157,7 +159,8 @@ def test_progress_after_each_batch_and_stop_within_one_batch():
 
 def test_iter_segment_follows_a_requested_plane_order():
     image = _blobs((5, 16, 16))
-    steps = list(iter_segment(image, _checkpoint(), device="cpu", batch_size=1, plane_order=[(3,), (0,)]))
+    settings = EngineSettings(device="cpu", batch_size=1)
+    steps = list(iter_segment(image, _checkpoint(), settings, plane_order=[(3,), (0,)]))
     assert [p.index for s in steps for p in s.planes] == [(3,), (0,)]
     assert steps[-1].done == steps[-1].total == 2
 
@@ -197,57 +200,19 @@ def test_multichannel_models_and_channel_mismatch():
 
 
 def test_unknown_device_is_refused():
-    from napari_unetseg.device import DeviceUnavailableError
-
-    with pytest.raises(DeviceUnavailableError, match="unknown device"):
+    # the settings refuse it before any work (EngineSettings checks every front's values)
+    with pytest.raises(ValueError, match="device must be one of auto, cuda, mps, cpu .*got 'tpu'"):
         segment(_blobs((8, 8)), _checkpoint(), device="tpu")
 
 
-def test_auto_precision_takes_bfloat16_only_where_the_probe_agrees(monkeypatch):
-    import torch
-
-    from napari_unetseg import inference
-
-    cpu = torch.device("cpu")
-    verdicts = iter([True, False])
-    monkeypatch.setattr(inference, "cpu_supports_bf16", lambda: True)
-    monkeypatch.setattr(inference, "bfloat16_agrees", lambda checkpoint: next(verdicts))
-    agreeing, disagreeing = _checkpoint(seed=1), _checkpoint(seed=2)
-    assert inference.resolve_precision(agreeing, cpu) == "bfloat16"
-    assert inference.resolve_precision(disagreeing, cpu) == "float32"
-    assert inference.resolve_precision(agreeing, cpu) == "bfloat16"  # remembered: the probe ran once
-    assert inference.resolve_precision(disagreeing, cpu, "bfloat16") == "bfloat16"  # an explicit choice stands
-
-    def broken_probe(checkpoint):
-        raise RuntimeError("out of memory")
-
-    monkeypatch.setattr(inference, "bfloat16_agrees", broken_probe)
-    assert inference.resolve_precision(_checkpoint(seed=3), cpu) == "float32"
-    monkeypatch.setattr(inference, "cpu_supports_bf16", lambda: False)
-    assert inference.resolve_precision(_checkpoint(), cpu) == "auto"  # left to optimize: float32 on a CPU
-
-
-def test_the_probe_verdict_is_kept_on_disk_for_the_next_run(monkeypatch, private_cache):
-    import torch
-
-    from napari_unetseg import inference
-
-    cpu = torch.device("cpu")
-    probes = []
-    monkeypatch.setattr(inference, "cpu_supports_bf16", lambda: True)
-    monkeypatch.setattr(inference, "bfloat16_agrees", lambda checkpoint: probes.append(1) or True)
-    assert inference.resolve_precision(_checkpoint(seed=4), cpu) == "bfloat16"
-    inference._BFLOAT16_VERDICTS.clear()  # what a new process starts with
-    assert inference.resolve_precision(_checkpoint(seed=4), cpu) == "bfloat16" and len(probes) == 1
-    for path in (private_cache / "precision").iterdir():
-        path.write_text("{damaged")
-    inference._BFLOAT16_VERDICTS.clear()
-    assert inference.resolve_precision(_checkpoint(seed=4), cpu) == "bfloat16" and len(probes) == 2
-    assert inference.resolve_precision(_checkpoint(seed=5), cpu) == "bfloat16" and len(probes) == 3  # other weights
-
-
-def test_bfloat16_probe_compares_labels_of_both_precisions():
-    from napari_unetseg.inference import bfloat16_agrees
-
-    # a network that thresholds its input gives the same objects in any precision
-    assert bfloat16_agrees(Checkpoint(ThresholdNet(), ModelInfo()), planes=1, size=128) is True
+def test_engine_settings_and_keyword_overrides_are_one_thing():
+    image = disc_image(np.stack([two_touching_discs(48, 8)] * 2))
+    checkpoint = Checkpoint(ThresholdNet(), ModelInfo())
+    settings = EngineSettings(device="cpu", batch_size=1, precision="float32")
+    expected = segment(image, checkpoint, settings)
+    assert expected.max() == 4  # two discs in each of two planes
+    np.testing.assert_array_equal(segment(image, checkpoint, device="cpu", batch_size=1, precision="float32"), expected)
+    np.testing.assert_array_equal(segment(image, checkpoint, settings.with_changes(batch_size=4), batch_size=1),
+                                  expected)
+    with pytest.raises(TypeError, match="not an engine setting: batch"):
+        segment(image, checkpoint, batch=2)

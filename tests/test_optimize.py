@@ -11,13 +11,12 @@ from napari_unetseg.optimize import (
     CACHE_ENV,
     FastModel,
     OnnxModel,
-    choose_precision,
-    cpu_supports_bf16,
     fold_batchnorm,
     make_fast_model,
     onnx_cache_key,
     onnxruntime_available,
 )
+from napari_unetseg.precision import cpu_supports_bf16
 
 
 def _trained_batchnorm_unet() -> UNet:
@@ -57,15 +56,6 @@ def test_reduced_precision_agrees_with_float32_labels():
     full = FastModel(model, torch.device("cpu"), "float32")(x).argmax(1)
     half = FastModel(model, torch.device("cpu"), "bfloat16")(x).argmax(1)
     assert (full == half).float().mean() > 0.98
-
-
-def test_precision_choice():
-    cpu = torch.device("cpu")
-    assert choose_precision(cpu, "float32") == torch.float32
-    assert choose_precision(cpu) == torch.float32
-    assert choose_precision(torch.device("cuda"), "auto") == torch.float16
-    with pytest.raises(ValueError, match="precision"):
-        choose_precision(cpu, "int8")
 
 
 def test_onnxruntime_backend_matches_pytorch_float32():

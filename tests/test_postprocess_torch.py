@@ -10,6 +10,7 @@ from test_postprocess import _ideal_probabilities
 from napari_unetseg import postprocess_torch
 from napari_unetseg.checkpoint import Checkpoint, ModelInfo
 from napari_unetseg.axes import parse_axes
+from napari_unetseg.engine_settings import EngineSettings
 from napari_unetseg.inference import PlanePredictor, predict_planes
 from napari_unetseg.metrics import agreement
 from napari_unetseg.models import resolve_model
@@ -96,7 +97,7 @@ def test_class_maps_equal_the_cpu_arg_max_with_weights():
 
 def test_the_sample_image_meets_the_agreement_bar():
     checkpoint = resolve_model("nuclei")
-    predictor = PlanePredictor(checkpoint, "cpu", precision="float32", backend="torch")
+    predictor = PlanePredictor(checkpoint, EngineSettings(device="cpu", precision="float32", backend="torch"))
     image, _ = sample_image_2d()
     probabilities = predictor.probabilities([predictor.prepare(image[None])])[0]
     expected = probabilities_to_instances(probabilities)
@@ -117,7 +118,7 @@ def test_the_predictor_post_processes_whole_batches_on_the_device_with_blank_pla
     checkpoint = Checkpoint(ThresholdNet(), ModelInfo())
     results = {}
     for where in ("cpu", "device"):
-        predictor = PlanePredictor(checkpoint, "cpu", batch_size=2, postprocess=where)
+        predictor = PlanePredictor(checkpoint, EngineSettings(device="cpu", batch_size=2, postprocess=where))
         assert predictor.postprocess == where
         planes = [p for batch in predict_planes(image, parse_axes(image.shape), predictor, list(np.ndindex(5)))
                   for p in batch]

@@ -1,7 +1,8 @@
 """Stacks larger than memory and more than one machine: streaming into zarr and dask.distributed.
 
 One LocalCluster with two worker processes serves the module. The network is a hand-wired
-U-Net that thresholds the image, so every plane has real objects and ids can be compared exactly.
+U-Net that thresholds the image (conftest.threshold_unet), so every plane has real objects and ids
+can be compared exactly.
 """
 
 from __future__ import annotations
@@ -14,50 +15,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-import torch
 import zarr
 
 from napari_unetseg import io, outputs
 from napari_unetseg.checkpoint import ModelInfo, save_checkpoint
 from napari_unetseg.cli import main
+from napari_unetseg.engine_settings import EngineSettings
 from napari_unetseg.inference import segment
 from napari_unetseg.io import create_labels_zarr, read_image
-from napari_unetseg.model import UNet
+
+from conftest import blob_stack, threshold_unet
 
 distributed = pytest.importorskip("distributed")
 from napari_unetseg.distributed import local_client, segment_distributed  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def threshold_unet(base_channels: int = 1, depth: int = 1) -> UNet:
-    """A U-Net wired by hand to call pixels above 5/8 of the normalised range objects, with no boundary.
-
-    Only channel 0 of the first and last blocks is used; every other weight is zero, so the
-    network costs what a trained one of its size costs and finds every bright disc as one object.
-    """
-    net = UNet(num_classes=3, base_channels=base_channels, depth=depth, norm="none").eval()
-    with torch.no_grad():
-        for parameter in net.parameters():
-            parameter.zero_()
-        for block in (net.inc, net.ups[-1].conv):  # conv, norm, relu, conv, norm, relu
-            block[0].weight[0, 0, 1, 1] = 1.0
-            block[3].weight[0, 0, 1, 1] = 1.0
-        net.inc[0].bias[0] = -0.5  # relu(x - 0.5): 0 on background, up to 0.5 on objects
-        net.head.weight[:, 0, 0, 0] = torch.tensor([-20.0, 20.0, 0.0])  # background, interior, boundary
-        net.head.bias[:] = torch.tensor([2.5, -2.5, -10.0])
-    return net
-
-
-def blob_stack(planes: int = 10, size: int = 48) -> np.ndarray:
-    """uint16 ``(planes, size, size)``: 0 to 4 bright discs per plane that drift through Z (no disc: a blank plane)."""
-    yy, xx = np.mgrid[:size, :size]
-    stack = np.full((planes, size, size), 100)
-    centres = [(10, 10), (10, 36), (36, 10), (36, 36)]
-    for z in range(planes):
-        for k, (cy, cx) in enumerate(centres[: (z * 3) % 5]):
-            stack[z][(yy - cy - z % 2) ** 2 + (xx - cx) ** 2 <= 36 + 4 * k] = 1000
-    return stack.astype(np.uint16)
+CPU = EngineSettings(device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +123,7 @@ def test_two_workers_give_the_single_process_labels(tmp_path, client, model, sta
     seen = []
     before = client.run(model_loads)
     segment_distributed(
-        stack_store, out, model, client, device="cpu", planes_per_task=3, stitch_z=stitch,
+        stack_store, out, model, client, CPU, planes_per_task=3, stitch_z=stitch,
         progress=lambda done, total: seen.append((done, total)),
     )
     np.testing.assert_array_equal(out[:], expected)
@@ -168,10 +141,44 @@ def test_killed_workers_tasks_are_rerun(tmp_path, client, model):
     segment_distributed(
         KillOnce(image, marks, plane=1, on="read"),  # dies while segmenting
         KillOnce(out, marks, plane=7, on="write", nth=2),  # dies after giving plane 7 its id offset
-        model, client, device="cpu", planes_per_task=4,
+        model, client, CPU, planes_per_task=4,
     )
     assert sorted(p.name for p in marks.iterdir()) == ["read-1", "read-2", "write-1", "write-2", "write-3"]
     np.testing.assert_array_equal(out[:], expected)
+
+
+def test_a_worker_out_of_memory_halves_its_batch_and_gives_the_same_labels(tmp_path, model, monkeypatch):
+    """The cluster path backs off as one process does (predict_with_backoff); workers in this process so the
+    fake out-of-memory reaches them."""
+    from distributed import Client
+
+    from napari_unetseg.device import OutOfMemoryError
+    from napari_unetseg.inference import PlanePredictor
+
+    settings = CPU.with_changes(precision="float32")  # no bfloat16 probe runs the fake
+    expected = segment(blob_stack(), model, settings)
+    assert expected.max() == 20  # every bright disc found: labels that could be wrong
+    real, calls = PlanePredictor.probabilities, []
+
+    def once_out_of_memory(self, planes, should_stop=None):
+        calls.append(self.batch_size)
+        if len(calls) == 2:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(self, planes, should_stop)
+
+    monkeypatch.setattr(PlanePredictor, "probabilities", once_out_of_memory)
+    out = create_labels_zarr(tmp_path / "labels.zarr", expected.shape, expected.dtype)
+    with Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=":0") as client:
+        segment_distributed(blob_stack(), out, model, client, settings, planes_per_task=8)
+        assert calls[:2] == [4, 4] and set(calls[2:]) == {2}  # halved, and the run went on
+        np.testing.assert_array_equal(out[:], expected)
+
+        def always(self, planes, should_stop=None):
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+        monkeypatch.setattr(PlanePredictor, "probabilities", always)
+        with pytest.raises(OutOfMemoryError, match="even with batch size 1"):
+            segment_distributed(blob_stack(), out, model, client, settings.with_changes(tile_size=512))
 
 
 def test_segment_on_a_scheduler_from_the_command_line(tmp_path, client, model, stack_store, capsys):

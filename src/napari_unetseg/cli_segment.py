@@ -18,13 +18,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .cli_common import CliError, ProgressBar, load_model, model_file, one_line, positive_float, positive_int
+from .engine_settings import EngineSettings
 from .options import BACKENDS, DEFAULT_MODEL, DEVICE_CHOICES, LARGE_RESULT_BYTES, MODES, PRECISIONS
+
+#: The engine's defaults, the command line's too (one default for every front).
+DEFAULTS = EngineSettings()
 
 if TYPE_CHECKING:
     from distributed import Client
 
-    from .checkpoint import Checkpoint
     from .axes import AxesLayout
+    from .checkpoint import Checkpoint
     from .io import ImageInfo
 
 
@@ -87,23 +91,24 @@ def add_segment(commands: argparse._SubParsersAction) -> None:
         help=f"checkpoint file (.pt) or built-in model name (default: {DEFAULT_MODEL}; see 'unetseg models')",
     )
     parser.add_argument(
-        "--device", default="auto", metavar="{" + ",".join(DEVICE_CHOICES) + "}",
-        help="compute device; auto = CUDA, then Apple MPS, then CPU (default: auto)",
+        "--device", default=DEFAULTS.device, metavar="{" + ",".join(DEVICE_CHOICES) + "}",
+        help="compute device; auto = CUDA, then Apple MPS, then CPU (default: %(default)s)",
     )
-    parser.add_argument("--batch-size", type=positive_int, default=4, help="planes or tiles per batch (default: 4)")
+    parser.add_argument("--batch-size", type=positive_int, default=DEFAULTS.batch_size,
+                        help="planes or tiles per batch (default: %(default)s)")
     parser.add_argument(
-        "--tile-size", type=positive_int, default=1024,
-        help="planes larger than this are cut into overlapping tiles (default: 1024)",
+        "--tile-size", type=positive_int, default=DEFAULTS.tile_size,
+        help="planes larger than this are cut into overlapping tiles (default: %(default)s)",
     )
     parser.add_argument(
-        "--precision", choices=PRECISIONS, default="auto",
+        "--precision", choices=PRECISIONS, default=DEFAULTS.precision,
         help="auto = float16 on CUDA; bfloat16 on CPUs with native bfloat16 when a probe shows it keeps the "
-        "model's float32 labels; else float32 (default: auto)",
+        "model's float32 labels; else float32 (default: %(default)s)",
     )
     parser.add_argument(
-        "--backend", choices=BACKENDS, default="auto",
+        "--backend", choices=BACKENDS, default=DEFAULTS.backend,
         help="auto = ONNX Runtime for float32 on the CPU when installed (pip install 'napari-unetseg[onnx]'), "
-        "else PyTorch (default: auto)",
+        "else PyTorch (default: %(default)s)",
     )
     parser.add_argument(
         "--axes",
@@ -164,26 +169,33 @@ def _cluster_client(args: argparse.Namespace) -> Iterator[Client | None]:
 
 
 def _segment_into(
-    out: Any, src: Path, layout: AxesLayout, checkpoint: Checkpoint, client: Client | None, device: Any,
-    args: argparse.Namespace, progress: ProgressBar, voxel_size: Sequence[float] | None,
+    out: Any, src: Path, layout: AxesLayout, checkpoint: Checkpoint, client: Client | None,
+    settings: EngineSettings, args: argparse.Namespace, progress: ProgressBar, voxel_size: Sequence[float] | None,
 ) -> None:
     """Segment ``src`` into ``out``: in this process, or as tasks on the cluster of ``client``."""
     from .inference import segment
     from .io import read_image
 
-    options = {
-        "axes": layout.axes, "device": device, "batch_size": args.batch_size, "tile_size": args.tile_size,
-        "precision": args.precision, "backend": args.backend, "stitch_z": args.stitch_z, "progress": progress,
-    }
+    options = {"axes": layout.axes, "stitch_z": args.stitch_z, "progress": progress}
     if client is None:
-        segment(read_image(src), checkpoint, out=out, z_method=args.z_method, voxel_size=voxel_size,
+        segment(read_image(src), checkpoint, settings, out=out, z_method=args.z_method, voxel_size=voxel_size,
                 diameter=args.diameter, **options)
         return
     if args.stitch_z and args.z_method == "consensus":
         print("unetseg: on a cluster, objects are linked plane to plane (--z-method linking)", file=sys.stderr)
     from .distributed import segment_distributed
 
-    segment_distributed(src, out, checkpoint, client, **options)
+    segment_distributed(src, out, checkpoint, client, settings, **options)
+
+
+def _engine_settings(args: argparse.Namespace) -> EngineSettings:
+    """The engine settings of the options, with ``--device`` resolved here unless a remote scheduler's workers
+    choose it (this machine need not have their device)."""
+    from .device import get_device
+
+    device = args.device if args.scheduler is not None else str(get_device(args.device))
+    return EngineSettings(device=device, batch_size=args.batch_size, tile_size=args.tile_size,
+                          precision=args.precision, backend=args.backend)
 
 
 def _stack_voxel_size(args: argparse.Namespace, src: Path, info: ImageInfo, layout: AxesLayout) -> Sequence[float] | None:
@@ -198,13 +210,11 @@ def _stack_voxel_size(args: argparse.Namespace, src: Path, info: ImageInfo, layo
 
 
 def _engine_parameters(
-    args: argparse.Namespace, device: Any, layout: AxesLayout, shape: Sequence[int], voxel_size: Sequence[float] | None
+    args: argparse.Namespace, settings: EngineSettings, layout: AxesLayout, shape: Sequence[int],
+    voxel_size: Sequence[float] | None,
 ) -> dict:
     """The options of one input's segmentation, as recorded in its output's provenance."""
-    parameters = {
-        "device": str(device), "precision": args.precision, "backend": args.backend, "tile_size": args.tile_size,
-        "batch_size": args.batch_size, "axes": layout.axes, "stitch_z": args.stitch_z, "shape": list(shape),
-    }
+    parameters = {**settings.as_record(), "axes": layout.axes, "stitch_z": args.stitch_z, "shape": list(shape)}
     if args.stitch_z:  # a cluster links planes whatever was asked (see _segment_into)
         z_method = "linking" if args.scheduler is not None or args.workers is not None else args.z_method
         parameters.update(z_method=z_method, voxel_size=voxel_size, diameter=args.diameter)
@@ -212,9 +222,8 @@ def _engine_parameters(
 
 
 def _run_segment(args: argparse.Namespace) -> int:
-    from .cli_measure import channel_last, make_table, plan_segment_measurements, write_table
-    from .device import get_device
     from .axes import labels_spec, parse_axes
+    from .cli_measure import channel_last, make_table, plan_segment_measurements, write_table
     from .io import ImageReadError, labels_output, probe_image, read_image
     from .normalize import check_image
     from .outputs import plan_label_outputs
@@ -228,8 +237,7 @@ def _run_segment(args: argparse.Namespace) -> int:
             layouts.append(parse_axes(info.shape, args.axes or info.axes))
         except ValueError as exc:
             raise CliError(f"{src}: {exc}") from None
-    # the workers of a remote scheduler choose their device; this machine need not have it
-    device: Any = args.device if args.scheduler is not None else get_device(args.device)
+    settings = _engine_settings(args)
     checkpoint = load_model(args.model)
     specs = [labels_spec(info.shape, layout, checkpoint.info.mode) for info, layout in zip(infos, layouts)]
     sizes = [math.prod(s) * d.itemsize for s, d in specs]
@@ -242,7 +250,7 @@ def _run_segment(args: argparse.Namespace) -> int:
         ):
             started = time.monotonic()
             voxel_size = _stack_voxel_size(args, src, info, layout)
-            parameters = _engine_parameters(args, device, layout, info.shape, voxel_size)
+            parameters = _engine_parameters(args, settings, layout, info.shape, voxel_size)
             record = make_record(checkpoint, parameters, src, dst)
             label = src.name if len(jobs) == 1 else f"({number}/{len(jobs)}) {src.name}"
             bar = ProgressBar(label, sys.stderr, enabled=not args.quiet)
@@ -252,7 +260,7 @@ def _run_segment(args: argparse.Namespace) -> int:
                 with labels_output(
                     dst, shape, dtype, overwrite=args.overwrite, in_memory=in_memory, metadata={RECORD_KEY: record}
                 ) as out:
-                    _segment_into(out, src, layout, checkpoint, client, device, args, bar, voxel_size)
+                    _segment_into(out, src, layout, checkpoint, client, settings, args, bar, voxel_size)
                     if table_path is not None:  # measured before the labels are written; written after them
                         image = channel_last(read_image(src), layout.channel_axis)
                         table = make_table(out, image, layout.output_axes(), args, str(src), [info.pixel_size])

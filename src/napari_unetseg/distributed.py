@@ -37,13 +37,8 @@ from distributed import Client, KilledWorker, WorkerPlugin, as_completed
 
 from .axes import AxesLayout, labels_spec, parse_axes
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint
-from .inference import (
-    PlanePredictor,
-    planes_per_batch,
-    predict_planes,
-    resolve_checkpoint,
-    stitch_plane,
-)
+from .engine_settings import EngineSettings
+from .inference import PlanePredictor, planes_per_batch, predict_with_backoff, resolve_checkpoint, stitch_plane
 from .io import probe_image, read_image
 from .normalize import check_image
 
@@ -51,19 +46,17 @@ from .normalize import check_image
 TASK_RETRIES = 2
 #: Seconds to wait for a scheduler before giving up.
 CONNECT_TIMEOUT_S = 10.0
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What a worker needs to build the predictor: the checkpoint file, its SHA-256 and the engine settings."""
+    """What a worker needs to build the predictor: the checkpoint file, its SHA-256 and the engine settings
+    (frozen, so the spec keys the worker's predictor cache)."""
 
     path: str
     sha256: str
-    device: str
-    batch_size: int | None
-    tile_size: int
-    precision: str
-    backend: str
+    settings: EngineSettings
 
 
 def _sha256(path: str | os.PathLike) -> str:
@@ -83,7 +76,7 @@ def _load_predictor(spec: ModelSpec) -> PlanePredictor:
     checkpoint = load_checkpoint(spec.path)
     if _sha256(spec.path) != spec.sha256:
         raise CheckpointError(f"{spec.path}: this worker's file differs from the client's; copy the same checkpoint")
-    return PlanePredictor(checkpoint, spec.device, spec.batch_size, spec.tile_size, spec.precision, spec.backend)
+    return PlanePredictor(checkpoint, spec.settings)
 
 
 def worker_predictor(spec: ModelSpec) -> PlanePredictor:
@@ -109,12 +102,18 @@ def _open_image(source: Any) -> Any:
 
 
 def _segment_task(source: Any, out: Any, axes: str, spec: ModelSpec, planes: list[tuple[int, ...]]) -> list[int]:
-    """Segment ``planes`` into ``out``, instance ids from 1 in each plane; return each plane's object count."""
+    """Segment ``planes`` into ``out``, instance ids from 1 in each plane; return each plane's object count.
+
+    Out of memory, the worker halves its batch and goes on, as one process does
+    (:func:`~.inference.predict_with_backoff`); it keeps the smaller batch for its later tasks.
+    """
     predictor = worker_predictor(spec)
     image = _open_image(source)
     instance = predictor.checkpoint.info.mode == "instance"
     counts = []
-    for results in predict_planes(image, AxesLayout(axes), predictor, planes):
+    for results, note in predict_with_backoff(image, AxesLayout(axes), predictor, planes):
+        if note:
+            logger.warning(note)
         for plane in results:
             out[plane.index] = plane.labels
             counts.append(int(plane.labels.max()) if instance and plane.labels.size else 0)
@@ -196,13 +195,9 @@ def segment_distributed(
     out: Any,
     model: Checkpoint | str | os.PathLike,
     client: Client,
+    settings: EngineSettings = EngineSettings(),
     *,
     axes: str | None = None,
-    device: str = "auto",
-    batch_size: int | None = 4,
-    tile_size: int = 1024,
-    precision: str = "auto",
-    backend: str = "torch",
     stitch_z: bool = False,
     planes_per_task: int = 8,
     progress: Callable[[int, int], None] | None = None,
@@ -213,7 +208,8 @@ def segment_distributed(
     as a zarr array. ``out``: a zarr array of the labels' shape with one chunk per 2D plane
     (:func:`~.io.create_labels_zarr`) on storage every worker can write; it is returned.
     ``model``: a checkpoint file or built-in model name; each worker loads the file once, from
-    the same path. A task is a run of about ``planes_per_task`` planes (whole batches);
+    the same path, and runs it as ``settings`` say (the device is chosen on the worker). A task
+    is a run of about ``planes_per_task`` planes (whole batches);
     ``progress(done, total)`` counts the planes of finished tasks.
     """
     checkpoint = resolve_checkpoint(model)
@@ -229,12 +225,13 @@ def segment_distributed(
     # runs of whole batches, so that workers batch planes as one process does (unless a GPU
     # worker has to shrink its batch to fit its memory, or picks the size itself: None)
     height, width = out_shape[-2:]
+    batch_size, tile_size = settings.batch_size, settings.tile_size
     per_batch = planes_per_batch(checkpoint.model, height, width, batch_size, tile_size) if batch_size else 1
     per_task = per_batch * max(1, -(-planes_per_task // per_batch))
     order = list(np.ndindex(*out_shape[:-2]))
     runs = [order[start : start + per_task] for start in range(0, len(order), per_task)]
     path = Path(checkpoint.path).absolute()
-    spec = ModelSpec(os.fspath(path), _sha256(path), str(device), batch_size, tile_size, precision, backend)
+    spec = ModelSpec(os.fspath(path), _sha256(path), settings)
     sizes = [len(run) for run in runs]
     calls = [(source, out, layout.axes, spec, run) for run in runs]
     run_counts = _run_tasks(client, "segment", _segment_task, calls, sizes, progress)

@@ -5,7 +5,7 @@ Importable without PyTorch, so the command line can build its parser from the de
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from .options import BACKENDS, DEVICE_CHOICES, POSTPROCESS_CHOICES, PRECISIONS
@@ -49,3 +49,17 @@ class EngineSettings:
     def as_record(self) -> dict[str, Any]:
         """The settings as plain values, for provenance records and the cluster's task specs."""
         return asdict(self)
+
+
+def settings_with(settings: EngineSettings | None = None, **overrides: Any) -> EngineSettings:
+    """``settings`` (default ``EngineSettings()``) with the fields named in ``overrides`` changed.
+
+    The one way a front turns loose keyword arguments (``device="cpu"``, ``batch_size=8``...)
+    into settings, e.g. :func:`~.inference.segment`'s. A name that is not a setting is a TypeError.
+    """
+    unknown = sorted(set(overrides) - {f.name for f in fields(EngineSettings)})
+    if unknown:
+        raise TypeError(f"not an engine setting: {', '.join(unknown)} (settings: "
+                        f"{', '.join(f.name for f in fields(EngineSettings))})")
+    base = EngineSettings() if settings is None else settings
+    return base.with_changes(**overrides) if overrides else base

@@ -9,11 +9,9 @@ larger than memory stream from disk to disk. :mod:`.distributed` runs the same e
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
-import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -25,14 +23,13 @@ import torch
 from .axes import AxesLayout, labels_spec, parse_axes, read_plane
 from .checkpoint import Checkpoint, info_problem
 from .device import OutOfMemoryError, fit_to_memory, free_gpu_memory, get_device, is_out_of_memory
-from .metrics import agreement
-from .model import UNet
+from .engine_settings import EngineSettings, settings_with
 from .normalize import check_image, normalize_plane
+from .optimize import make_fast_model
 from .options import labels_dtype
-from .optimize import cache_dir, cache_key, cpu_supports_bf16, make_fast_model, read_cache, write_cache
-from .postprocess import STRIPWISE_PIXELS, link_to_previous, probabilities_to_classes, probabilities_to_instances
+from .postprocess import link_to_previous, probabilities_to_classes, probabilities_to_instances
 from .postprocess_torch import device_labels, resolve_postprocess
-from .synthetic import synthetic_nuclei_2d
+from .precision import buffer_dtype, resolve_precision
 from .tiling import TilePlan, plan_tiles
 
 #: How ``segment(stitch_z=True)`` makes 3D objects: XY/XZ/YZ consensus (:mod:`.volume`) or plane-to-plane linking.
@@ -72,39 +69,36 @@ def resolve_checkpoint(model: Checkpoint | str | os.PathLike) -> Checkpoint:
 
 
 class PlanePredictor:
-    """Runs a checkpoint's network on normalised planes, tiling planes larger than ``tile_size``.
+    """Runs a checkpoint's network on normalised planes, tiling planes larger than the settings' ``tile_size``.
 
-    On a GPU, batch and tile sizes shrink to fit its free memory; ``batch_size=None`` takes the
-    largest batch that fits (4 on a CPU). ``precision`` as in :func:`resolve_precision`. ``postprocess``
-    ``"device"`` turns probabilities into labels where the network ran (:mod:`.postprocess_torch`);
-    ``"auto"`` does so on CUDA when a probe shows the labels agree with the CPU path's.
+    ``settings`` (:class:`~.engine_settings.EngineSettings`) say where and how. On a GPU, batch
+    and tile sizes shrink to fit its free memory; ``batch_size=None`` takes the largest batch that
+    fits (4 on a CPU). The precision is resolved by :func:`~.precision.resolve_precision`, the
+    runner by :func:`~.precision.choose_backend`. ``postprocess`` ``"device"`` turns probabilities
+    into labels where the network ran (:mod:`.postprocess_torch`); ``"auto"`` does so on CUDA
+    when a probe shows the labels agree with the CPU path's.
     """
 
-    def __init__(
-        self,
-        checkpoint: Checkpoint,
-        device: str | torch.device = "auto",
-        batch_size: int | None = 4,
-        tile_size: int = 1024,
-        precision: str = "auto",
-        backend: str = "torch",
-        postprocess: str = "auto",
-    ) -> None:
+    def __init__(self, checkpoint: Checkpoint, settings: EngineSettings = EngineSettings()) -> None:
         problem = info_problem(checkpoint.info, checkpoint.model.num_classes)
         if problem:  # checked at load already; this catches checkpoints built in memory
             raise ValueError(f"model {checkpoint.info.name or checkpoint.path or '(unnamed)'}: {problem}")
         self.checkpoint = checkpoint
         self.network = checkpoint.model
-        device = get_device(device)
-        self.fast = make_fast_model(self.network, device, resolve_precision(checkpoint, device, precision), backend)
+        self.settings = settings
+        device = get_device(settings.device)
+        precision = resolve_precision(checkpoint, device, settings.precision)
+        self.fast = make_fast_model(self.network, device, precision, settings.backend)
         value_bytes = 4 if self.fast.dtype == torch.float32 else 2
         batch_size, tile_size = fit_to_memory(
-            self.fast.device, self.network.config["base_channels"], batch_size, int(tile_size), value_bytes
+            self.fast.device, self.network.config["base_channels"], settings.batch_size, int(settings.tile_size),
+            value_bytes,
         )
         self.batch_size = max(1, int(batch_size))
         self.tile_size = tile_size
         info = checkpoint.info
-        self.postprocess = resolve_postprocess(postprocess, self.fast, self.network, info.mode, info.normalization)
+        self.postprocess = resolve_postprocess(settings.postprocess, self.fast, self.network, info.mode,
+                                               info.normalization)
 
     @property
     def device(self) -> torch.device:
@@ -134,7 +128,7 @@ class PlanePredictor:
     def probabilities(self, planes: list[np.ndarray], should_stop: Callable[[], bool] | None = None) -> list[np.ndarray]:
         """Class probabilities ``(K, H, W)`` for each normalised ``(C, H, W)`` plane (same size).
 
-        float32, or float16 for planes above :data:`~.postprocess.STRIPWISE_PIXELS` pixels.
+        float32, or float16 for huge planes (:func:`~.precision.buffer_dtype`).
         """
         return [p.numpy() for p in self.probabilities_on(torch.device("cpu"), planes, should_stop)]
 
@@ -144,8 +138,7 @@ class PlanePredictor:
         """:meth:`probabilities` as tensors on ``where`` (the predictor's device: post-processed there)."""
         plan = self.plan(*planes[0].shape[-2:])
         padded = [plan.pad(p) for p in planes]
-        # huge planes keep probabilities in float16 (half the memory; they are thresholded and compared only)
-        dtype = torch.float16 if math.prod(plan.padded_shape) > STRIPWISE_PIXELS else torch.float32
+        dtype = buffer_dtype(math.prod(plan.padded_shape))
         outputs = [torch.zeros((self.num_classes, *plan.padded_shape), dtype=dtype, device=where) for _ in planes]
         jobs = [(i, tile) for i in range(len(planes)) for tile in plan.tiles]
         for start in range(0, len(jobs), self.batch_size):
@@ -166,56 +159,6 @@ class PlanePredictor:
     def blank_labels(self, shape: tuple[int, int]) -> np.ndarray:
         """Labels for a plane with no contrast: nothing found (0) in either mode."""
         return np.zeros(shape, labels_dtype(self.checkpoint.info.mode))
-
-
-_BFLOAT16_VERDICTS: weakref.WeakKeyDictionary[UNet, bool] = weakref.WeakKeyDictionary()
-
-
-def resolve_precision(checkpoint: Checkpoint, device: torch.device, precision: str = "auto") -> str:
-    """The precision ``"auto"`` stands for: bfloat16 on a CPU with native bfloat16 when it gives this
-    model's float32 labels (see :func:`bfloat16_agrees`), else what :mod:`.optimize` picks
-    (float16 on CUDA, float32 elsewhere). Other values are returned as they are.
-    """
-    if precision != "auto" or device.type != "cpu" or not cpu_supports_bf16():
-        return precision
-    if checkpoint.model not in _BFLOAT16_VERDICTS:  # once per network and process...
-        _BFLOAT16_VERDICTS[checkpoint.model] = _cached_bfloat16_verdict(checkpoint)
-    return "bfloat16" if _BFLOAT16_VERDICTS[checkpoint.model] else "float32"
-
-
-def _cached_bfloat16_verdict(checkpoint: Checkpoint) -> bool:
-    """:func:`bfloat16_agrees`, kept in the cache folder by network, PyTorch and CPU kind (...and once per machine)."""
-    key = cache_key(checkpoint.model, probe="bfloat16_agrees", cpu=torch.backends.cpu.get_cpu_capability())
-    path = cache_dir() / "precision" / f"{key}.json"
-    try:
-        return bool(json.loads(read_cache(path) or b"")["bfloat16_agrees"])
-    except (ValueError, KeyError, TypeError):  # not there yet, or damaged: probe
-        pass
-    try:
-        verdict = bfloat16_agrees(checkpoint)
-    except (RuntimeError, MemoryError):  # a probe that cannot run proves nothing: stay with float32 (not kept)
-        return False
-    write_cache(path, json.dumps({"bfloat16_agrees": verdict}).encode())
-    return verdict
-
-
-def bfloat16_agrees(checkpoint: Checkpoint, planes: int = 2, size: int = 512) -> bool:
-    """True when bfloat16 gives the float32 labels on a fixed probe (synthetic nuclei planes).
-
-    "The same" is :func:`~.metrics.agreement`'s bar: 99.5 % of pixels and, for instances, object
-    F1 >= 0.99. The probe is fixed, not the user's image, so every process (and every worker of
-    a cluster) makes the same choice for a model. Costs one float32 and one bfloat16 pass over
-    ``planes`` planes of ``size`` px.
-    """
-    channels = checkpoint.model.in_channels
-    probe = [np.repeat(synthetic_nuclei_2d((size, size), seed=seed)[0][np.newaxis], channels, 0)
-             for seed in range(planes)]
-    labels = []
-    for precision in ("float32", "bfloat16"):
-        predictor = PlanePredictor(checkpoint, "cpu", planes, size, precision, "torch")
-        prepared = [predictor.prepare(plane) for plane in probe]
-        labels.append(np.stack([predictor.labels(p) for p in predictor.probabilities(prepared)]))
-    return agreement(labels[1], labels[0], checkpoint.info.mode)["same"]
 
 
 def planes_per_batch(network: torch.nn.Module, height: int, width: int, batch_size: int, tile_size: int) -> int:
@@ -272,19 +215,15 @@ def _batch_labels(
 def iter_segment(
     image: Any,
     model: Checkpoint | str | os.PathLike,
+    settings: EngineSettings = EngineSettings(),
     *,
     axes: str | None = None,
-    device: str | torch.device = "auto",
-    batch_size: int | None = 4,
-    tile_size: int = 1024,
-    precision: str = "auto",
-    backend: str = "torch",
     plane_order: Iterable[tuple[int, ...]] | None = None,
     id_offset: int = 0,
     out: Any = None,
     link_z: bool = False,
 ) -> Iterator[BatchProgress]:
-    """Segment every 2D plane, yielding a :class:`BatchProgress` after each batch.
+    """Segment every 2D plane with ``settings``, yielding a :class:`BatchProgress` after each batch.
 
     Instance ids are unique across all planes yielded and start after ``id_offset`` (each plane
     continues after the highest id so far). ``plane_order`` lets a caller go first through the
@@ -293,36 +232,51 @@ def iter_segment(
     they overlap in the plane before along Z, read back from ``out`` (:func:`stitch_plane`), so a
     stack on disk is linked without being held. A plane whose predecessor is not done yet is
     written as it is and linked (and yielded again) once it is. On out-of-memory the batch size
-    is halved and the run goes on, with a step whose ``note`` says so; at batch size 1 it raises
-    :class:`~.device.OutOfMemoryError`.
+    is halved and the run goes on, with a step whose ``note`` says so (:func:`predict_with_backoff`);
+    at batch size 1 it raises :class:`~.device.OutOfMemoryError`.
 
     ``precision`` ``"auto"`` is float16 on CUDA, bfloat16 on CPUs with native bfloat16 when a
-    probe shows it keeps the model's labels (:func:`resolve_precision`), else float32; ``backend``
-    ``"auto"`` runs float32 CPU work with ONNX Runtime when it is installed (see :mod:`.optimize`);
-    it exports the network first (a second or two), so it pays for stacks, not single planes.
+    probe shows it keeps the model's labels (:func:`~.precision.resolve_precision`), else float32;
+    ``backend`` ``"auto"`` runs float32 CPU work with ONNX Runtime when it is installed
+    (:func:`~.precision.choose_backend`); it exports the network first (a second or two, then
+    cached on disk).
     """
     check_image(image)
     layout = parse_axes(image.shape, axes)
-    predictor = PlanePredictor(resolve_checkpoint(model), device, batch_size, tile_size, precision, backend)
+    predictor = PlanePredictor(resolve_checkpoint(model), settings)
     plane_shape = tuple(image.shape[layout.axes.index(a)] for a in layout.plane_axes)
     order = list(plane_order) if plane_order is not None else list(np.ndindex(*plane_shape))
     link = link_z and "Z" in layout.plane_axes and predictor.checkpoint.info.mode == "instance"
     if link and out is None:
         raise ValueError("linking objects across Z needs an output array (out=) to read the planes before from")
     writer = None if out is None else _PlaneWriter(out, layout.plane_axes.index("Z") if link else None)
-    next_id, done, remaining = int(id_offset), 0, order
+    next_id, done = int(id_offset), 0
+    for results, note in predict_with_backoff(image, layout, predictor, order):
+        for plane in results:
+            if plane.labels.dtype == np.uint32 and plane.labels.size:
+                plane.labels[plane.labels > 0] += np.uint32(next_id)
+                next_id = max(next_id, int(plane.labels.max()))
+        done += len(results)
+        yield BatchProgress(done, len(order), results if writer is None else writer.write(results), note)
+
+
+def predict_with_backoff(
+    image: Any, layout: AxesLayout, predictor: PlanePredictor, order: Sequence[tuple[int, ...]]
+) -> Iterator[tuple[list[PlaneResult], str]]:
+    """:func:`predict_planes` that halves the batch on out-of-memory and goes on (:func:`halve_batch`).
+
+    Yields ``(planes, "")`` per batch, and ``([], note)`` after each halving, the note for people.
+    Instance ids start at 1 in every plane. The smaller batch stays with ``predictor``. The
+    planes not done yet start again from the first of them, in batches of the new size.
+    """
+    remaining = list(order)
     while remaining:
         try:
             for results in predict_planes(image, layout, predictor, remaining):
-                for plane in results:
-                    if plane.labels.dtype == np.uint32 and plane.labels.size:
-                        plane.labels[plane.labels > 0] += np.uint32(next_id)
-                        next_id = max(next_id, int(plane.labels.max()))
-                done += len(results)
                 remaining = remaining[len(results) :]
-                yield BatchProgress(done, len(order), results if writer is None else writer.write(results))
+                yield results, ""
         except Exception as exc:  # only out-of-memory is retried, with half the batch
-            yield BatchProgress(done, len(order), [], halve_batch(predictor, exc))
+            yield [], halve_batch(predictor, exc)
 
 
 def halve_batch(predictor: PlanePredictor, exc: Exception) -> str:
@@ -400,13 +354,9 @@ def stitch_plane(out: Any, index: tuple[int, ...], labels: np.ndarray, z_axis: i
 def segment(
     image: Any,
     model: Checkpoint | str | os.PathLike,
+    settings: EngineSettings | None = None,
     *,
     axes: str | None = None,
-    device: str | torch.device = "auto",
-    batch_size: int | None = 4,
-    tile_size: int = 1024,
-    precision: str = "auto",
-    backend: str = "torch",
     stitch_z: bool = False,
     z_method: str = "consensus",
     voxel_size: Sequence[float] | None = None,
@@ -414,8 +364,14 @@ def segment(
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     out: Any = None,
+    **engine: Any,
 ) -> Any:
     """Labels for ``image`` with the image's shape minus any channel axis.
+
+    ``settings`` (:class:`~.engine_settings.EngineSettings`, default ``EngineSettings()``) say
+    where and how the network runs. For convenience the settings' fields may also be given as
+    keywords (``segment(image, "nuclei", device="cpu", batch_size=8)``), which change those of
+    ``settings`` (:func:`~.engine_settings.settings_with`); another keyword is a TypeError.
 
     ``instance`` models give uint32 object ids unique in the whole result; ``semantic`` models a
     class map (label k = class k). ``stitch_z`` (instance models) gives one id per 3D object: each
@@ -432,6 +388,7 @@ def segment(
     stack; by default a new numpy array is returned. A boolean image (a mask) is segmented as
     0/1; a non-array raises TypeError and a complex or non-numeric dtype ValueError.
     """
+    settings = settings_with(settings, **engine)
     check_image(image)
     layout = parse_axes(image.shape, axes)
     checkpoint = resolve_checkpoint(model)
@@ -446,13 +403,10 @@ def segment(
     if stitch and z_method == "consensus":
         from .volume import iter_segment_stacks  # local: volume builds on this module
 
-        predictor = PlanePredictor(checkpoint, device, batch_size, tile_size, precision, backend)
+        predictor = PlanePredictor(checkpoint, settings)
         steps = iter_segment_stacks(image, layout, predictor, out, voxel_size=voxel_size, diameter=diameter)
     else:
-        steps = iter_segment(
-            image, checkpoint, axes=layout.axes, device=device, batch_size=batch_size, tile_size=tile_size,
-            precision=precision, backend=backend, out=out, link_z=stitch,
-        )
+        steps = iter_segment(image, checkpoint, settings, axes=layout.axes, out=out, link_z=stitch)
     for step in steps:
         if step.note:
             logger.warning(step.note)

@@ -3,12 +3,14 @@
 - BatchNorm is folded into the preceding convolution (eval mode only: the same arithmetic, fewer passes).
 - channels_last memory format, which oneDNN (CPU) and cuDNN (GPU) run fastest.
 - float16 autocast on CUDA; bfloat16 autocast on CPUs with AVX512-BF16/AMX, which
-  :func:`~.inference.resolve_precision` picks only when a probe shows it keeps the model's
+  :func:`~.precision.resolve_precision` picks only when a probe shows it keeps the model's
   float32 labels (about 1.7x faster than float32 PyTorch on the machine we measured).
 - On the CPU, ONNX Runtime (when installed: ``pip install napari-unetseg[onnx]``) runs the same
   float32 network about twice as fast as eager PyTorch on the machine we measured, with the same
   labels; ``backend="auto"`` uses it there. The exported network is cached on disk (see
   :func:`exported_onnx`), so only the first run of a model pays for the export.
+
+Which precision and which runner is decided in :mod:`.precision`; this module holds the runners.
 """
 
 from __future__ import annotations
@@ -30,32 +32,11 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .atomic import atomic_write
 from .model import UNet
-from .options import BACKENDS, PRECISIONS
+from .precision import choose_backend, choose_precision
 
 ONNX_OPSET = 17
 #: Overrides the cache folder (default: the user cache folder, e.g. ~/.cache/napari-unetseg).
 CACHE_ENV = "NAPARI_UNETSEG_CACHE_DIR"
-
-
-def cpu_supports_bf16() -> bool:
-    """True when oneDNN has native bfloat16 kernels on this CPU (AVX512-BF16 or AMX)."""
-    checker = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-    try:
-        return bool(checker()) if checker is not None else False
-    except RuntimeError:
-        return False
-
-
-def choose_precision(device: torch.device, precision: str = "auto") -> torch.dtype:
-    """The compute dtype to use on ``device``: ``auto`` is float16 on CUDA, else float32.
-
-    (:func:`~.inference.resolve_precision` turns ``auto`` into bfloat16 first where that is safe.)
-    """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision != "auto":
-        return getattr(torch, precision)
-    return torch.float16 if device.type == "cuda" else torch.float32
 
 
 def fold_batchnorm(model: UNet) -> UNet:
@@ -231,14 +212,9 @@ class OnnxModel:
 def make_fast_model(
     model: UNet, device: torch.device, precision: str = "auto", backend: str = "auto"
 ) -> FastModel | OnnxModel:
-    """The fastest runner for ``device``: ONNX Runtime for float32 on the CPU when installed, else PyTorch."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    """The runner :func:`~.precision.choose_backend` picks for ``device``, ``precision`` and ``backend``."""
     if getattr(model, "runs_itself", False):  # a bioimage.io package's ONNX network (see .bioimageio_load)
         return FastModel(model, device, "float32")
-    float32_cpu = device.type == "cpu" and choose_precision(device, precision) == torch.float32
-    if backend == "onnxruntime" and not (float32_cpu and onnxruntime_available()):
-        raise ValueError("the onnxruntime backend needs float32 on the CPU and `pip install onnxruntime onnx`")
-    if backend == "onnxruntime" or (backend == "auto" and float32_cpu and onnxruntime_available()):
+    if choose_backend(device, precision, backend) == "onnxruntime":
         return OnnxModel(model)
     return FastModel(model, device, precision)

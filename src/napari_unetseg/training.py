@@ -20,9 +20,11 @@ import torch
 from .augment import augment_intensity, patch_coordinates, sample_image, sample_labels
 from .checkpoint import MODES, Checkpoint, ModelInfo
 from .device import get_device
+from .engine_settings import EngineSettings
 from .inference import PlanePredictor
 from .metrics import painted_object_score
 from .model import UNet, nearest_valid_size
+from .precision import CHANGING_WEIGHTS_BACKEND, VALIDATION_PRECISION, training_autocast
 from .targets import (
     IGNORE,
     class_weights,
@@ -48,9 +50,6 @@ from .training_types import AGREES_ABOVE, IMPROVEMENT_MARGIN, TOLERANCE, TrainCo
 from .validation import HeldOut
 
 __all__ = ["Trainer", "TrainConfig", "TrainProgress", "TrainResult", "iter_train", "train"]
-
-#: Validation segments in float32: the score compares weights, not precisions.
-VALIDATION_PRECISION = "float32"
 
 # ---------------------------------------------------------------------------- the schedule
 
@@ -169,8 +168,8 @@ class Trainer:
         """Segments normalised planes with ``network`` as users will get them, in float32 with PyTorch
         (weights change at every call: nothing to gain from an exported graph)."""
         info = ModelInfo(self.mode, list(self.class_names), dict(self.normalization))
-        return PlanePredictor(Checkpoint(network.eval(), info), self.device, precision=VALIDATION_PRECISION,
-                              backend="torch")
+        settings = EngineSettings(device=str(self.device), precision=VALIDATION_PRECISION, backend=CHANGING_WEIGHTS_BACKEND)
+        return PlanePredictor(Checkpoint(network.eval(), info), settings)
 
     def _prepare_weights(self) -> None:
         """Loss weights per plane (class balance from all training pixels) and sampling odds."""
@@ -205,8 +204,8 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=self.base_lr, weight_decay=cfg.weight_decay)
         cuda = self.device.type == "cuda"
-        self.autocast_dtype = torch.float16 if cuda else torch.bfloat16
-        self.use_autocast = (cuda and cfg.amp) or (self.device.type == "cpu" and cfg.cpu_bf16)
+        autocast = training_autocast(self.device, cfg.amp, cfg.cpu_bf16)
+        self.autocast_dtype, self.use_autocast = autocast or torch.float32, autocast is not None
         self.scaler = torch.amp.GradScaler("cuda", enabled=cuda and cfg.amp)
 
     # -- batches and validation

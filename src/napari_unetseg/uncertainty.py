@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
 from .axes import parse_axes, read_plane
 from .checkpoint import Checkpoint
+from .engine_settings import EngineSettings
 from .inference import PlanePredictor, planes_per_batch, resolve_checkpoint
 from .normalize import check_image
 
@@ -38,20 +38,19 @@ def entropy(probabilities: np.ndarray) -> np.ndarray:
 def iter_uncertainty(
     image: Any,
     model: Checkpoint | str | os.PathLike,
+    settings: EngineSettings = EngineSettings(),
     *,
     axes: str | None = None,
-    device: str | torch.device = "auto",
-    batch_size: int | None = 4,
-    tile_size: int = 1024,
     plane_order: Iterable[tuple[int, ...]] | None = None,
 ) -> Iterator[UncertaintyProgress]:
-    """The :func:`entropy` of each plane (in ``plane_order``, default all), one network batch at a time.
+    """The :func:`entropy` of each plane (in ``plane_order``, default all), one network batch at a time,
+    the network run as ``settings`` say (:class:`~.inference.PlanePredictor`).
 
     Blank planes (no contrast) get zeros: nothing there to hesitate about.
     """
     check_image(image)
     layout = parse_axes(image.shape, axes)
-    predictor = PlanePredictor(resolve_checkpoint(model), device, batch_size, tile_size)
+    predictor = PlanePredictor(resolve_checkpoint(model), settings)
     height, width = image.shape[layout.axes.index("Y")], image.shape[layout.axes.index("X")]
     plane_shape = tuple(image.shape[layout.axes.index(a)] for a in layout.plane_axes)
     order = list(plane_order) if plane_order is not None else list(np.ndindex(*plane_shape))

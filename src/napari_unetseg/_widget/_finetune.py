@@ -10,6 +10,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, ProgressBa
 
 from .. import versions
 from ..checkpoint import CheckpointError, ModelInfo, save_checkpoint
+from ..engine_settings import EngineSettings
 from ..options import labels_dtype
 from ..targets import painting_advice, result_as_annotation
 from ..training_types import TrainResult
@@ -349,15 +350,10 @@ class FineTunePanel(Container):
         order = source.all_planes(first=current_plane(host.viewer, source, layer))
         self._context = {"uncertainty_id": target.unique_id, "source": source}
         segment = host.segment
-        job = entropy_job(
-            source.data,
-            checkpoint,
-            axes=source.axes,
-            device=host.device.value,
-            batch_size=segment.batch_size.value,
-            tile_size=segment.tile_size.value,
-            order=order,
+        settings = EngineSettings(
+            device=host.device.value, batch_size=segment.batch_size.value, tile_size=segment.tile_size.value
         )
+        job = entropy_job(source.data, checkpoint, settings, axes=source.axes, order=order)
         self.runner.start(
             job,
             total=len(order),

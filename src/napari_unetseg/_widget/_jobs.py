@@ -19,9 +19,11 @@ import numpy as np
 
 from ..checkpoint import Checkpoint
 from ..device import free_gpu_memory, is_out_of_memory
+from ..engine_settings import EngineSettings
 from ..axes import AxesLayout, read_plane
 from ..inference import BatchProgress, PlanePredictor, PlaneResult, iter_segment
 from ..metrics import object_changes
+from ..precision import CHANGING_WEIGHTS_BACKEND, PREVIEW_PRECISION
 from ..training import Trainer, TrainProgress, TrainResult
 from ..uncertainty import UncertaintyProgress, iter_uncertainty
 from ..volume import iter_segment_stacks
@@ -55,26 +57,21 @@ def segment_job(
     image: Any,
     checkpoint: Checkpoint,
     out: Any,
+    settings: EngineSettings,
     *,
     axes: str,
-    device: str,
-    batch_size: int,
-    tile_size: int,
     order: Sequence[tuple[int, ...]],
     id_offset: int = 0,
     link_z: bool = False,
-    precision: str = "auto",
-    backend: str = "torch",
 ) -> Generator[BatchProgress, None, SegmentOutcome | JobFailed]:
-    """:func:`~..inference.iter_segment` over the planes in ``order`` into ``out``, as a job.
+    """:func:`~..inference.iter_segment` with ``settings`` over the planes in ``order`` into ``out``, as a job.
 
     Instance ids start after ``id_offset``; ``link_z`` links objects across Z through ``out``
     (numpy or zarr alike); out of memory, the batch size is halved (steps with a ``note``).
     """
     try:
         yield from iter_segment(
-            image, checkpoint, axes=axes, device=device, batch_size=batch_size, tile_size=tile_size,
-            precision=precision, backend=backend, plane_order=order, id_offset=id_offset, out=out, link_z=link_z,
+            image, checkpoint, settings, axes=axes, plane_order=order, id_offset=id_offset, out=out, link_z=link_z
         )
     except Exception as exc:  # every failure becomes a message
         return JobFailed(describe_error(exc, "Segmentation"))
@@ -85,19 +82,15 @@ def objects_3d_job(
     image: Any,
     checkpoint: Checkpoint,
     out: Any,
+    settings: EngineSettings,
     *,
     axes: str,
-    device: str,
-    batch_size: int,
-    tile_size: int,
     voxel_size: Sequence[float] | None,
     diameter: float | str | None,
-    precision: str = "auto",
-    backend: str = "torch",
 ) -> Generator[BatchProgress, None, SegmentOutcome | JobFailed]:
     """One id per 3D object of each (Z, Y, X) stack into ``out``: :func:`~..volume.iter_segment_stacks` as a job."""
     try:
-        predictor = PlanePredictor(checkpoint, device, batch_size, tile_size, precision, backend)
+        predictor = PlanePredictor(checkpoint, settings)
         yield from iter_segment_stacks(image, AxesLayout(axes), predictor, out, voxel_size=voxel_size, diameter=diameter)
     except Exception as exc:
         return JobFailed(describe_error(exc, "Segmenting 3D objects"))
@@ -110,18 +103,14 @@ def objects_3d_job(
 def entropy_job(
     image: Any,
     checkpoint: Checkpoint,
+    settings: EngineSettings,
     *,
     axes: str,
-    device: str,
-    batch_size: int,
-    tile_size: int,
     order: Sequence[tuple[int, ...]],
 ) -> Generator[UncertaintyProgress, None, int | JobFailed]:
     """:func:`~..uncertainty.iter_uncertainty` as a job: per-pixel entropy, 0 (sure) to 1 (undecided)."""
     try:
-        yield from iter_uncertainty(
-            image, checkpoint, axes=axes, device=device, batch_size=batch_size, tile_size=tile_size, plane_order=order
-        )
+        yield from iter_uncertainty(image, checkpoint, settings, axes=axes, plane_order=order)
     except Exception as exc:
         return JobFailed(describe_error(exc, "Computing the uncertainty"))
     return len(order)
@@ -237,8 +226,8 @@ class FineTuneJob:
         source = self.preview
         assert source is not None
         index = source.index if index is None else index
-        # float32: for one plane of fresh weights, the bfloat16 probe would cost more than it saves
-        predictor = PlanePredictor(checkpoint, self.device, batch_size=4, precision="float32")
+        settings = EngineSettings(device=self.device, precision=PREVIEW_PRECISION, backend=CHANGING_WEIGHTS_BACKEND)
+        predictor = PlanePredictor(checkpoint, settings)
         plane = predictor.prepare(read_plane(source.image, AxesLayout(source.axes), index))
         shape = (source.image.shape[source.axes.index("Y")], source.image.shape[source.axes.index("X")])
         if plane is None:

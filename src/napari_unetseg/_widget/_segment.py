@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, ProgressBar, PushButton, SpinBox
 
+from ..engine_settings import EngineSettings
 from ..inference import Z_METHODS, BatchProgress
 from ..provenance import make_record
 from ._jobs import JobFailed, SegmentOutcome, objects_3d_job, segment_job
@@ -28,14 +29,14 @@ class SegmentPanel(Container):
         self.show_advanced = CheckBox(text="Advanced options", value=False)
         self.batch_size = SpinBox(
             label="batch size",
-            value=4,
+            value=EngineSettings().batch_size,
             min=1,
             max=256,
             tooltip="Planes or tiles per step; lower it if memory runs out.",
         )
         self.tile_size = SpinBox(
             label="tile size",
-            value=1024,
+            value=EngineSettings().tile_size,
             min=64,
             max=16384,
             step=64,
@@ -132,21 +133,21 @@ class SegmentPanel(Container):
             z_method = "linking"
             notify("info", "This stack is too large to hold in memory for the consensus method, so its objects are "
                    "linked slice to slice instead.")
+        engine = EngineSettings(device=host.device.value, batch_size=self.batch_size.value,
+                                tile_size=self.tile_size.value)
         parameters = {
-            "device": host.device.value, "precision": "auto", "backend": "torch", "tile_size": self.tile_size.value,
-            "batch_size": self.batch_size.value, "axes": source.axes, "stitch_z": three_d,
-            "shape": list(source.data.shape), **({"slice": list(here)} if single else {}),
+            **engine.as_record(), "axes": source.axes, "stitch_z": three_d, "shape": list(source.data.shape),
+            **({"slice": list(here)} if single else {}),
         }
-        engine = {key: parameters[key] for key in ("device", "precision", "backend", "tile_size", "batch_size")}
         out = host.owned.output(labels)
         if z_method == "consensus":
             z_options = {"voxel_size": voxel_size(source), "diameter": self.diameter.value or "auto"}
             parameters.update(z_method=z_method, **z_options)
-            job = objects_3d_job(source.data, checkpoint, out, axes=source.axes, **engine, **z_options)
+            job = objects_3d_job(source.data, checkpoint, out, engine, axes=source.axes, **z_options)
         else:
             parameters.update({"z_method": z_method} if three_d else {})
             job = segment_job(
-                source.data, checkpoint, out, axes=source.axes, **engine, order=order, id_offset=id_offset,
+                source.data, checkpoint, out, engine, axes=source.axes, order=order, id_offset=id_offset,
                 link_z=three_d,
             )
         record = make_record(checkpoint, parameters, getattr(layer.source, "path", None))

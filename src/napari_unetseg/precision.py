@@ -1,0 +1,157 @@
+"""The one place that decides in which number format, and with which runner, the network computes.
+
+Inference: :func:`resolve_precision` turns ``"auto"`` into bfloat16 on CPUs with native bfloat16
+when a probe shows it keeps the model's float32 labels (:func:`bfloat16_agrees`, kept per
+machine in the cache folder), :func:`choose_precision` gives the dtype (float16 on CUDA, else
+float32), and :func:`choose_backend` picks ONNX Runtime or PyTorch. Training asks
+:func:`training_autocast`; previews and validation use the named choices below. The runners
+themselves are in :mod:`.optimize`.
+
+A new precision (e.g. ``"int8"``: ONNX Runtime static quantization) adds its name to
+:data:`~.options.PRECISIONS`, its probe beside :func:`bfloat16_agrees` (gated the same way in
+:func:`resolve_precision`) and its runner in :func:`choose_backend`.
+"""
+
+from __future__ import annotations
+
+import json
+import weakref
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from .options import BACKENDS, PRECISIONS
+from .postprocess import STRIPWISE_PIXELS
+
+if TYPE_CHECKING:
+    from .checkpoint import Checkpoint
+    from .model import UNet
+
+#: The fine-tuning preview: one plane of fresh weights each time, so the bfloat16 probe (two passes
+#: over two probe planes) would cost more than it saves, and an ONNX export would be stale at once.
+PREVIEW_PRECISION = "float32"
+#: Validation during training segments in float32: the score compares weights, not precisions.
+VALIDATION_PRECISION = "float32"
+#: Networks whose weights change between calls (the preview, validation during training) run with PyTorch:
+#: an exported ONNX graph would be out of date at the next call.
+CHANGING_WEIGHTS_BACKEND = "torch"
+
+
+def cpu_supports_bf16() -> bool:
+    """True when oneDNN has native bfloat16 kernels on this CPU (AVX512-BF16 or AMX)."""
+    checker = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    try:
+        return bool(checker()) if checker is not None else False
+    except RuntimeError:
+        return False
+
+
+def choose_precision(device: torch.device, precision: str = "auto") -> torch.dtype:
+    """The compute dtype to use on ``device``: ``auto`` is float16 on CUDA, else float32.
+
+    (:func:`resolve_precision` turns ``auto`` into bfloat16 first where that is safe.)
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision != "auto":
+        return getattr(torch, precision)
+    return torch.float16 if device.type == "cuda" else torch.float32
+
+
+def choose_backend(device: torch.device, precision: str = "auto", backend: str = "auto") -> str:
+    """``"onnxruntime"`` or ``"torch"``: ``auto`` is ONNX Runtime for float32 on the CPU when installed.
+
+    ONNX Runtime ran the float32 network about twice as fast as eager PyTorch on the CPU we
+    measured, with the same labels; it has no reduced-precision path here. ValueError when
+    ``onnxruntime`` is asked for where it cannot run.
+    """
+    from .optimize import onnxruntime_available  # local: optimize asks this module for its choices
+
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    float32_cpu = device.type == "cpu" and choose_precision(device, precision) == torch.float32
+    if backend == "onnxruntime" and not (float32_cpu and onnxruntime_available()):
+        raise ValueError("the onnxruntime backend needs float32 on the CPU and `pip install onnxruntime onnx`")
+    if backend == "onnxruntime" or (backend == "auto" and float32_cpu and onnxruntime_available()):
+        return "onnxruntime"
+    return "torch"
+
+
+def buffer_dtype(pixels: int) -> torch.dtype:
+    """The dtype a plane's probabilities are kept in: float16 above :data:`~.postprocess.STRIPWISE_PIXELS`
+    (padded) pixels, where they are only thresholded and compared (half the memory), else float32."""
+    return torch.float16 if pixels > STRIPWISE_PIXELS else torch.float32
+
+
+def training_autocast(device: torch.device, amp: bool, cpu_bf16: bool) -> torch.dtype | None:
+    """The autocast dtype of training steps on ``device``, or None for float32.
+
+    float16 on CUDA with ``amp`` (with a gradient scaler); bfloat16 on the CPU with ``cpu_bf16``
+    (~1.4x faster on CPUs with native bfloat16, slower elsewhere, so it is asked for, not automatic).
+    """
+    if device.type == "cuda":
+        return torch.float16 if amp else None
+    return torch.bfloat16 if device.type == "cpu" and cpu_bf16 else None
+
+
+# ---------------------------------------------------------------------------- the bfloat16 probe
+
+_BFLOAT16_VERDICTS: weakref.WeakKeyDictionary[UNet, bool] = weakref.WeakKeyDictionary()
+
+
+def resolve_precision(checkpoint: Checkpoint, device: torch.device, precision: str = "auto") -> str:
+    """The precision ``"auto"`` stands for: bfloat16 on a CPU with native bfloat16 when it gives this
+    model's float32 labels (see :func:`bfloat16_agrees`), else what :func:`choose_precision` picks
+    (float16 on CUDA, float32 elsewhere). Other values are returned as they are.
+    """
+    if precision != "auto" or device.type != "cpu" or not cpu_supports_bf16():
+        return precision
+    if checkpoint.model not in _BFLOAT16_VERDICTS:  # once per network and process...
+        _BFLOAT16_VERDICTS[checkpoint.model] = _cached_bfloat16_verdict(checkpoint)
+    return "bfloat16" if _BFLOAT16_VERDICTS[checkpoint.model] else "float32"
+
+
+def _cached_bfloat16_verdict(checkpoint: Checkpoint) -> bool:
+    """:func:`bfloat16_agrees`, kept in the cache folder by network, PyTorch and CPU kind (...and once per machine)."""
+    from .optimize import cache_dir, cache_key, read_cache, write_cache
+
+    key = cache_key(checkpoint.model, probe="bfloat16_agrees", cpu=torch.backends.cpu.get_cpu_capability())
+    path = cache_dir() / "precision" / f"{key}.json"
+    try:
+        return bool(json.loads(read_cache(path) or b"")["bfloat16_agrees"])
+    except (ValueError, KeyError, TypeError):  # not there yet, or damaged: probe
+        pass
+    try:
+        verdict = bfloat16_agrees(checkpoint)
+    except (RuntimeError, MemoryError):  # a probe that cannot run proves nothing: stay with float32 (not kept)
+        return False
+    write_cache(path, json.dumps({"bfloat16_agrees": verdict}).encode())
+    return verdict
+
+
+def bfloat16_agrees(checkpoint: Checkpoint, planes: int = 2, size: int = 512) -> bool:
+    """True when bfloat16 gives the float32 labels on a fixed probe (synthetic nuclei planes).
+
+    "The same" is :func:`~.metrics.agreement`'s bar: 99.5 % of pixels and, for instances, object
+    F1 >= 0.99. The probe is fixed, not the user's image, so every process (and every worker of
+    a cluster) makes the same choice for a model. Costs one float32 and one bfloat16 pass over
+    ``planes`` planes of ``size`` px.
+    """
+    # local: the probe runs the engine, which asks this module for its precision
+    from .engine_settings import EngineSettings
+    from .inference import PlanePredictor
+    from .metrics import agreement
+    from .synthetic import synthetic_nuclei_2d
+
+    channels = checkpoint.model.in_channels
+    probe = [np.repeat(synthetic_nuclei_2d((size, size), seed=seed)[0][np.newaxis], channels, 0)
+             for seed in range(planes)]
+    labels = []
+    for precision in ("float32", "bfloat16"):
+        settings = EngineSettings(device="cpu", batch_size=planes, tile_size=size, precision=precision, backend="torch")
+        predictor = PlanePredictor(checkpoint, settings)
+        prepared = [predictor.prepare(plane) for plane in probe]
+        labels.append(np.stack([predictor.labels(p) for p in predictor.probabilities(prepared)]))
+    return agreement(labels[1], labels[0], checkpoint.info.mode)["same"]
+
