@@ -53,6 +53,8 @@ def choose_precision(device: torch.device, precision: str = "auto") -> torch.dty
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "int8":
+        raise ValueError("precision int8 runs on ONNX Runtime only (see .quantize), not in PyTorch")
     if precision != "auto":
         return getattr(torch, precision)
     return torch.float16 if device.type == "cuda" else torch.float32
@@ -201,11 +203,12 @@ class OnnxModel:
     """The network (BatchNorm folded) exported to ONNX and run by ONNX Runtime on the CPU.
 
     Same interface as :class:`FastModel`; float32 only. The export (a few seconds) is cached on disk
-    by :func:`exported_onnx`.
+    by :func:`exported_onnx` (``graph``; :class:`~.quantize.Int8Model` runs its int8 graph instead).
     """
 
     device = torch.device("cpu")
     dtype = torch.float32
+    graph = staticmethod(exported_onnx)
 
     def __init__(self, model: UNet) -> None:
         import onnxruntime
@@ -217,9 +220,9 @@ class OnnxModel:
             return onnxruntime.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
 
         try:
-            self.session = session(exported_onnx(model))
+            self.session = session(self.graph(model))
         except Exception:  # a damaged cached file (ONNX Runtime's errors share no base class): export again
-            self.session = session(exported_onnx(model, refresh=True))
+            self.session = session(self.graph(model, refresh=True))
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         # one input at a time: ONNX Runtime's CPU convolutions were slower per plane with batches (measured)
@@ -231,11 +234,15 @@ class OnnxModel:
 def make_fast_model(
     model: UNet, device: torch.device, precision: str = "auto", backend: str = "auto"
 ) -> FastModel | OnnxModel:
-    """The fastest runner for ``device``: ONNX Runtime for float32 on the CPU when installed, else PyTorch."""
+    """The fastest runner for ``device``: ONNX Runtime for float32 (and int8) on the CPU if installed, else PyTorch."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if getattr(model, "runs_itself", False):  # a bioimage.io package's ONNX network (see .bioimageio_load)
         return FastModel(model, device, "float32")
+    if precision == "int8":
+        from .quantize import int8_model  # local: quantize builds on this module
+
+        return int8_model(model, device, backend)
     float32_cpu = device.type == "cpu" and choose_precision(device, precision) == torch.float32
     if backend == "onnxruntime" and not (float32_cpu and onnxruntime_available()):
         raise ValueError("the onnxruntime backend needs float32 on the CPU and `pip install onnxruntime onnx`")
