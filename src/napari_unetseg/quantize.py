@@ -108,7 +108,7 @@ def quantize_graph(graph: bytes, planes: list[np.ndarray]) -> bytes:
             quantize_static(
                 network, output, Planes(), quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=True,
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                nodes_to_exclude=[convolutions[0], convolutions[-1]],
+                nodes_to_exclude=convolutions[:1] + convolutions[-1:],
             )
             return output.read_bytes()
     finally:
@@ -184,6 +184,7 @@ def int8_agrees(checkpoint: Checkpoint, planes: int = 2, size: int = 512) -> boo
 
     Like :func:`~.inference.bfloat16_agrees`: the probe is fixed, not the user's image, so every
     process and cluster worker makes the same choice; "the same" is :func:`~.metrics.agreement`'s bar.
+    An instance model that finds no object on the probe gets False: an empty comparison proves nothing.
     """
     from .inference import PlanePredictor  # local: inference asks this module for its verdict
     from .metrics import agreement
@@ -196,4 +197,6 @@ def int8_agrees(checkpoint: Checkpoint, planes: int = 2, size: int = 512) -> boo
         predictor = PlanePredictor(checkpoint, "cpu", planes, size, precision, "onnxruntime", "cpu")
         prepared = [predictor.prepare(plane) for plane in probe]
         labels.append(np.stack([predictor.labels(p) for p in predictor.probabilities(prepared)]))
+    if checkpoint.info.mode == "instance" and not labels[0].any():  # no objects to compare: no evidence
+        return False
     return agreement(labels[1], labels[0], checkpoint.info.mode)["same"]

@@ -1,0 +1,131 @@
+"""int8 through ONNX Runtime: the same labels as float32, used only where a probe agrees, cached, refused clearly."""
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from napari_unetseg import inference, quantize
+from napari_unetseg.checkpoint import Checkpoint, ModelInfo, save_checkpoint
+from napari_unetseg.cli import main
+from napari_unetseg.inference import PlanePredictor, segment
+from napari_unetseg.metrics import agreement
+from napari_unetseg.models import resolve_model
+from napari_unetseg.optimize import FastModel, OnnxModel, onnx_cache_key, onnxruntime_available
+from napari_unetseg.quantize import Int8Model, int8_cache_key
+from napari_unetseg.synthetic import synthetic_nuclei_2d
+
+from conftest import ThresholdNet, disc_image, tiny_unet, two_touching_discs
+
+needs_onnxruntime = pytest.mark.skipif(not onnxruntime_available(), reason="onnxruntime is not installed")
+CPU = torch.device("cpu")
+
+
+def _tiny(seed: int = 0) -> Checkpoint:
+    return Checkpoint(tiny_unet(seed=seed), ModelInfo(mode="instance", name="tiny"))
+
+
+@pytest.fixture
+def no_bfloat16(monkeypatch):
+    """A CPU like the AMD EPYC of issue 17: no native bfloat16, so ``auto`` considers int8."""
+    monkeypatch.setattr(inference, "cpu_supports_bf16", lambda: False)
+
+
+@needs_onnxruntime
+def test_int8_labels_of_the_builtin_model_agree_with_float32():
+    image, truth = synthetic_nuclei_2d((256, 256), seed=42)  # neither a calibration nor a probe plane
+    checkpoint = resolve_model("nuclei")
+    full = segment(image, checkpoint, device="cpu", precision="float32", backend="onnxruntime")
+    int8 = segment(image, checkpoint, device="cpu", precision="int8", backend="auto")
+    assert full.max() >= 0.8 * truth.max()  # the reference found the nuclei: the comparison can fail
+    assert agreement(int8, full, "instance")["same"]
+    assert quantize.int8_agrees(checkpoint, planes=1, size=256)
+
+
+@needs_onnxruntime
+def test_auto_takes_int8_only_where_the_probe_agrees(monkeypatch, no_bfloat16):
+    verdicts = {1: True, 2: False}
+    probes = []
+    monkeypatch.setattr(quantize, "int8_agrees", lambda c: probes.append(c) or verdicts[c.info.name])
+    agreeing = Checkpoint(tiny_unet(seed=1), ModelInfo(mode="instance", name=1))
+    disagreeing = Checkpoint(tiny_unet(seed=2), ModelInfo(mode="instance", name=2))
+    assert isinstance(PlanePredictor(agreeing, "cpu", backend="auto").fast, Int8Model)
+    assert type(PlanePredictor(disagreeing, "cpu", backend="auto").fast) is OnnxModel  # float32 kept
+    assert isinstance(PlanePredictor(agreeing, "cpu", backend="torch").fast, FastModel)  # int8 runs on ONNX only
+    assert isinstance(PlanePredictor(agreeing, "cpu", precision="float32", backend="auto").fast, OnnxModel)
+    assert len(probes) == 2  # once per network
+
+    image = np.random.default_rng(0).normal(100, 20, (2, 48, 48)).astype(np.float32)
+    float32 = segment(image, disagreeing, device="cpu", precision="float32", backend="onnxruntime")
+    assert np.array_equal(segment(image, disagreeing, device="cpu", backend="auto"), float32)
+
+
+@needs_onnxruntime
+def test_the_int8_verdict_is_kept_on_disk_per_network_and_cpu_kind(monkeypatch, private_cache):
+    probes = []
+    monkeypatch.setattr(quantize, "int8_agrees", lambda c: probes.append(1) or False)
+    assert quantize.int8_verdict(_tiny(4)) is False
+    quantize._VERDICTS.clear()  # what a new process starts with
+    assert quantize.int8_verdict(_tiny(4)) is False and len(probes) == 1
+    [kept] = (private_cache / "precision").iterdir()
+    assert json.loads(kept.read_text()) == {"int8_agrees": False, "cpu": quantize.cpu_kind()}
+    monkeypatch.setattr(quantize, "cpu_kind", lambda: "AVX2")  # another kind of CPU asks again
+    quantize._VERDICTS.clear()
+    assert quantize.int8_verdict(_tiny(4)) is False and len(probes) == 2
+
+
+@needs_onnxruntime
+def test_the_probe_compares_labels_of_both_precisions():
+    # a network that thresholds its input finds the same objects in int8 (and it has no convolution to keep)
+    assert quantize.int8_agrees(Checkpoint(ThresholdNet(), ModelInfo()), planes=1, size=128) is True
+
+
+@needs_onnxruntime
+def test_the_quantized_graph_is_cached_beside_the_float32_export(monkeypatch, private_cache):
+    model = tiny_unet(seed=3)
+    calls = []
+    real = quantize.quantize_graph
+    monkeypatch.setattr(quantize, "quantize_graph", lambda g, p: calls.append(1) or real(g, p))
+    x = torch.rand(1, 1, 32, 32)
+    first = Int8Model(model)(x)
+    assert sorted(path.name for path in (private_cache / "onnx").iterdir()) == sorted(
+        [f"{onnx_cache_key(model)}.onnx", f"{int8_cache_key(model)}.int8.onnx"])
+    torch.testing.assert_close(Int8Model(model)(x), first)  # a new process' start-up: nothing quantized
+    assert len(calls) == 1
+    torch.testing.assert_close(first.sum(1), torch.ones(1, 32, 32))  # probabilities
+
+    (private_cache / "onnx" / f"{int8_cache_key(model)}.int8.onnx").write_bytes(b"damaged")
+    torch.testing.assert_close(Int8Model(model)(x), first)  # quantized again and replaced
+    assert len(calls) == 2
+
+
+def test_int8_without_onnxruntime_is_refused_clearly(monkeypatch, no_bfloat16):
+    monkeypatch.setattr(quantize, "onnxruntime_available", lambda: False)
+    image = disc_image(two_touching_discs(32))
+    with pytest.raises(ValueError, match=r"int8 runs on ONNX Runtime .*pip install onnxruntime onnx"):
+        segment(image, _tiny(), device="cpu", precision="int8", backend="auto")
+    with pytest.raises(ValueError, match="int8 runs on ONNX Runtime"):
+        segment(image, _tiny(), device="cpu", precision="int8", backend="torch")
+    assert quantize.int8_verdict(_tiny()) is False  # auto stays with float32
+    assert segment(image, Checkpoint(ThresholdNet(), ModelInfo()), device="cpu", backend="auto").max() == 2
+
+
+def test_the_command_line_says_why_int8_cannot_run(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(quantize, "onnxruntime_available", lambda: False)
+    tifffile.imwrite(tmp_path / "a.tif", disc_image(two_touching_discs(32)))
+    model = save_checkpoint(tmp_path / "tiny.pt", tiny_unet(), ModelInfo(mode="instance", name="tiny"))
+    argv = ["segment", str(tmp_path / "a.tif"), "-o", str(tmp_path / "out.tif"), "--model", str(model)]
+    assert main([*argv, "--precision", "int8"]) == 2
+    out, err = capsys.readouterr()
+    assert err.startswith("unetseg: error: ") and err.count("\n") == 1 and "pip install onnxruntime" in err, err
+    assert not (tmp_path / "out.tif").exists()
+
+
+@needs_onnxruntime
+def test_a_probe_on_which_float32_finds_nothing_keeps_float32():
+    blind = tiny_unet(seed=0)
+    with torch.no_grad():
+        blind.head.bias.copy_(torch.tensor([50.0, 0.0, 0.0]))  # background everywhere, in any precision
+    assert quantize.int8_agrees(Checkpoint(blind, ModelInfo(mode="instance")), planes=1, size=64) is False
