@@ -224,8 +224,7 @@ def test_auto_precision_takes_bfloat16_only_where_the_probe_agrees(monkeypatch):
     monkeypatch.setattr(inference, "bfloat16_agrees", broken_probe)
     assert inference.resolve_precision(_checkpoint(seed=3), cpu) == "float32"
     monkeypatch.setattr(inference, "cpu_supports_bf16", lambda: False)
-    # left to optimize (float32 on a CPU); int8 is considered with ONNX Runtime only (tests/test_quantize.py)
-    assert inference.resolve_precision(_checkpoint(), cpu, backend="torch") == "auto"
+    assert inference.resolve_precision(_checkpoint(), cpu) == "auto"  # left to optimize: float32 on a CPU
 
 
 def test_the_probe_verdict_is_kept_on_disk_for_the_next_run(monkeypatch, private_cache):

@@ -7,13 +7,13 @@ import pytest
 import tifffile
 import torch
 
-from napari_unetseg import inference, quantize
+from napari_unetseg import quantize
 from napari_unetseg.checkpoint import Checkpoint, ModelInfo, save_checkpoint
 from napari_unetseg.cli import main
-from napari_unetseg.inference import PlanePredictor, segment
+from napari_unetseg.inference import segment
 from napari_unetseg.metrics import agreement
 from napari_unetseg.models import resolve_model
-from napari_unetseg.optimize import FastModel, OnnxModel, onnx_cache_key, onnxruntime_available
+from napari_unetseg.optimize import onnx_cache_key, onnxruntime_available
 from napari_unetseg.quantize import Int8Model, int8_cache_key
 from napari_unetseg.synthetic import synthetic_nuclei_2d
 
@@ -27,12 +27,6 @@ def _tiny(seed: int = 0) -> Checkpoint:
     return Checkpoint(tiny_unet(seed=seed), ModelInfo(mode="instance", name="tiny"))
 
 
-@pytest.fixture
-def no_bfloat16(monkeypatch):
-    """A CPU like the AMD EPYC of issue 17: no native bfloat16, so ``auto`` considers int8."""
-    monkeypatch.setattr(inference, "cpu_supports_bf16", lambda: False)
-
-
 @needs_onnxruntime
 def test_int8_labels_of_the_builtin_model_agree_with_float32():
     image, truth = synthetic_nuclei_2d((256, 256), seed=42)  # neither a calibration nor a probe plane
@@ -42,24 +36,6 @@ def test_int8_labels_of_the_builtin_model_agree_with_float32():
     assert full.max() >= 0.8 * truth.max()  # the reference found the nuclei: the comparison can fail
     assert agreement(int8, full, "instance")["same"]
     assert quantize.int8_agrees(checkpoint, planes=1, size=256)
-
-
-@needs_onnxruntime
-def test_auto_takes_int8_only_where_the_probe_agrees(monkeypatch, no_bfloat16):
-    verdicts = {1: True, 2: False}
-    probes = []
-    monkeypatch.setattr(quantize, "int8_agrees", lambda c: probes.append(c) or verdicts[c.info.name])
-    agreeing = Checkpoint(tiny_unet(seed=1), ModelInfo(mode="instance", name=1))
-    disagreeing = Checkpoint(tiny_unet(seed=2), ModelInfo(mode="instance", name=2))
-    assert isinstance(PlanePredictor(agreeing, "cpu", backend="auto").fast, Int8Model)
-    assert type(PlanePredictor(disagreeing, "cpu", backend="auto").fast) is OnnxModel  # float32 kept
-    assert isinstance(PlanePredictor(agreeing, "cpu", backend="torch").fast, FastModel)  # int8 runs on ONNX only
-    assert isinstance(PlanePredictor(agreeing, "cpu", precision="float32", backend="auto").fast, OnnxModel)
-    assert len(probes) == 2  # once per network
-
-    image = np.random.default_rng(0).normal(100, 20, (2, 48, 48)).astype(np.float32)
-    float32 = segment(image, disagreeing, device="cpu", precision="float32", backend="onnxruntime")
-    assert np.array_equal(segment(image, disagreeing, device="cpu", backend="auto"), float32)
 
 
 @needs_onnxruntime
@@ -101,7 +77,7 @@ def test_the_quantized_graph_is_cached_beside_the_float32_export(monkeypatch, pr
     assert len(calls) == 2
 
 
-def test_int8_without_onnxruntime_is_refused_clearly(monkeypatch, no_bfloat16):
+def test_int8_without_onnxruntime_is_refused_clearly(monkeypatch):
     monkeypatch.setattr(quantize, "onnxruntime_available", lambda: False)
     image = disc_image(two_touching_discs(32))
     with pytest.raises(ValueError, match=r"int8 runs on ONNX Runtime .*pip install onnxruntime onnx"):

@@ -32,7 +32,6 @@ from .options import labels_dtype
 from .optimize import cache_dir, cache_key, cpu_supports_bf16, make_fast_model, read_cache, write_cache
 from .postprocess import STRIPWISE_PIXELS, link_to_previous, probabilities_to_classes, probabilities_to_instances
 from .postprocess_torch import device_labels, resolve_postprocess
-from .quantize import int8_verdict
 from .synthetic import synthetic_nuclei_2d
 from .tiling import TilePlan, plan_tiles
 
@@ -97,8 +96,7 @@ class PlanePredictor:
         self.checkpoint = checkpoint
         self.network = checkpoint.model
         device = get_device(device)
-        precision = resolve_precision(checkpoint, device, precision, backend)
-        self.fast = make_fast_model(self.network, device, precision, backend)
+        self.fast = make_fast_model(self.network, device, resolve_precision(checkpoint, device, precision), backend)
         value_bytes = 4 if self.fast.dtype == torch.float32 else 2
         batch_size, tile_size = fit_to_memory(
             self.fast.device, self.network.config["base_channels"], batch_size, int(tile_size), value_bytes
@@ -173,18 +171,13 @@ class PlanePredictor:
 _BFLOAT16_VERDICTS: weakref.WeakKeyDictionary[UNet, bool] = weakref.WeakKeyDictionary()
 
 
-def resolve_precision(
-    checkpoint: Checkpoint, device: torch.device, precision: str = "auto", backend: str = "auto"
-) -> str:
+def resolve_precision(checkpoint: Checkpoint, device: torch.device, precision: str = "auto") -> str:
     """The precision ``"auto"`` stands for: bfloat16 on a CPU with native bfloat16 when it gives this
-    model's float32 labels (see :func:`bfloat16_agrees`); on other CPUs int8 through ONNX Runtime
-    (``backend`` auto or onnxruntime) when that does (:func:`~.quantize.int8_verdict`); else what
-    :mod:`.optimize` picks (float16 on CUDA, float32 elsewhere). Other values are returned as they are.
+    model's float32 labels (see :func:`bfloat16_agrees`), else what :mod:`.optimize` picks
+    (float16 on CUDA, float32 elsewhere). Other values are returned as they are.
     """
-    if precision != "auto" or device.type != "cpu":
+    if precision != "auto" or device.type != "cpu" or not cpu_supports_bf16():
         return precision
-    if not cpu_supports_bf16():
-        return "int8" if backend != "torch" and int8_verdict(checkpoint) else precision
     if checkpoint.model not in _BFLOAT16_VERDICTS:  # once per network and process...
         _BFLOAT16_VERDICTS[checkpoint.model] = _cached_bfloat16_verdict(checkpoint)
     return "bfloat16" if _BFLOAT16_VERDICTS[checkpoint.model] else "float32"
