@@ -8,6 +8,11 @@ in this process. The naive baseline is what a plain PyTorch script does: a loop 
 batch 1, float32, default memory format, ``torch.no_grad``. Each optimised row's labels are
 checked against the baseline's (pixel agreement and instance F1 at IoU 0.5). The last line is
 ``speedup_vs_naive=<x>`` for 512x512 planes on the device in use.
+
+``--rounds N`` runs every row N times, interleaved (A, B, A, B, ...), and keeps each row's fastest
+run, so a machine shared with other work skews the ratios less. To see a CPU without AVX-512 and
+bfloat16 from PyTorch's side, run it under ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2``
+(ONNX Runtime has no such switch: its kernels still use what the CPU has).
 """
 
 from __future__ import annotations
@@ -33,9 +38,10 @@ from napari_unetseg.models import resolve_model
 from napari_unetseg.normalize import normalize_plane
 from napari_unetseg.optimize import make_fast_model, onnxruntime_available
 from napari_unetseg.precision import cpu_supports_bf16, resolve_precision
+from napari_unetseg.quantize import cpu_kind
+from napari_unetseg.synthetic import synthetic_nuclei_2d
 
 DEFAULT = "unetseg default (auto)"
-from napari_unetseg.synthetic import synthetic_nuclei_2d
 
 
 class PeakMemory:
@@ -79,7 +85,7 @@ class PeakMemory:
 
 def make_stack(size: int, slices: int, seed: int = 0) -> np.ndarray:
     """A (slices, size, size) uint16 stack of synthetic nuclei planes."""
-    tile = 256 if size >= 256 else size
+    tile = min(256, size)
     rng = np.random.default_rng(seed)
     stack = np.empty((slices, size, size), np.uint16)
     for z in range(slices):
@@ -177,9 +183,7 @@ def monai_segment_factory(checkpoint, device: torch.device) -> Callable[[np.ndar
     return run
 
 
-def timed(run: Callable[[], np.ndarray], device: torch.device, warmup: Callable[[], object] | None) -> dict:
-    if warmup is not None:
-        warmup()
+def timed(run: Callable[[], np.ndarray], device: torch.device) -> dict:
     with PeakMemory(device) as memory:
         start = time.perf_counter()
         labels = run()
@@ -199,12 +203,17 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--skip", nargs="*", default=[], choices=["monai", "onnx"])
     parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--threads", type=int, help="PyTorch and ONNX Runtime CPU threads (default: PyTorch's)")
+    parser.add_argument("--rounds", type=int, default=1, help="runs of every row, interleaved; the fastest is kept")
     args = parser.parse_args()
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = get_device(args.device)
     checkpoint = resolve_model(args.model)
     threads = torch.get_num_threads()
-    print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, device {device}, "
+    print(f"# {platform.processor() or platform.machine()} ({cpu_kind()}; PyTorch dispatches "
+          f"{torch.backends.cpu.get_cpu_capability()}), torch {torch.__version__}, device {device}, "
           f"{threads} threads, model {args.model} "
           f"({sum(p.numel() for p in checkpoint.model.parameters()) / 1e6:.2f} M parameters)")
     started = time.perf_counter()
@@ -218,36 +227,35 @@ def main() -> None:
     for size in args.sizes:
         stack = make_stack(size, args.slices)
         small = stack[:2]
-        naive = timed(lambda: naive_segment(stack, checkpoint, device), device,
-                      lambda: naive_segment(small, checkpoint, device))
-        configs = {
-            "naive (batch 1, fp32)": (naive, None),
-        }
+        runs = {"naive (batch 1, fp32)": lambda s: naive_segment(s, checkpoint, device)}
         variants = {"unetseg torch float32": {"precision": "float32", "backend": "torch"}}
         if device.type == "cpu" and onnxruntime_available():
             variants["unetseg ONNX Runtime float32"] = {"precision": "float32", "backend": "onnxruntime"}
+            variants["unetseg ONNX Runtime int8"] = {"precision": "int8", "backend": "onnxruntime"}
         if device.type == "cpu" and cpu_supports_bf16():
             variants["unetseg torch bfloat16"] = {"precision": "bfloat16", "backend": "torch"}
         if device.type == "cuda":
             variants["unetseg torch float16"] = {"precision": "float16", "backend": "torch"}
         variants[DEFAULT] = {"precision": "auto", "backend": "auto"}  # what `unetseg segment` uses
         for name, options in variants.items():
-            def run(s=stack, o=options):
-                return segment(s, checkpoint, device=device, batch_size=args.batch_size, tile_size=max(size, 1024), **o)
-
-            configs[name] = (timed(run, device, lambda o=options: segment(small, checkpoint, device=device,
-                                                                          batch_size=2, **o)), None)
-        if "monai" not in args.skip:
-            monai_run = monai_segment_factory(checkpoint, device)
-            if monai_run is not None:
-                configs["MONAI SliceInferer (fp32)"] = (timed(lambda: monai_run(stack), device,
-                                                             lambda: monai_run(small)), None)
-        if "onnx" not in args.skip and device.type == "cpu":
-            onnx_run = onnx_segment_factory(checkpoint, threads)
-            if onnx_run is not None:
-                configs["ONNX Runtime CPU (fp32)"] = (timed(lambda: onnx_run(stack), device,
-                                                           lambda: onnx_run(small)), None)
-        for name, (result, _) in configs.items():
+            runs[name] = lambda s, o=options: segment(s, checkpoint, device=device, batch_size=args.batch_size,
+                                                      tile_size=max(size, 1024), **o)
+        monai_run = None if "monai" in args.skip else monai_segment_factory(checkpoint, device)
+        if monai_run is not None:
+            runs["MONAI SliceInferer (fp32)"] = monai_run
+        onnx_run = None if "onnx" in args.skip or device.type != "cpu" else onnx_segment_factory(checkpoint, threads)
+        if onnx_run is not None:
+            runs["ONNX Runtime CPU (fp32)"] = onnx_run
+        for run in runs.values():  # warm-up: exports, quantization, first calls
+            run(small)
+        configs: dict[str, dict] = {}
+        for _ in range(max(1, args.rounds)):  # interleaved: A, B, ..., A, B, ...
+            for name, run in runs.items():
+                result = timed(lambda r=run: r(stack), device)
+                if name not in configs or result["seconds"] < configs[name]["seconds"]:
+                    configs[name] = result
+        naive = configs["naive (batch 1, fp32)"]
+        for name, result in configs.items():
             row = {
                 "size": size, "slices": args.slices, "engine": name, "device": str(device),
                 "slices_per_s": args.slices / result["seconds"], "seconds_per_slice": result["seconds"] / args.slices,
@@ -260,7 +268,7 @@ def main() -> None:
             print(f"{size:>5} {name:<28} {row['slices_per_s']:7.2f} slices/s  {row['seconds_per_slice']:.3f} s/slice  "
                   f"RSS {row['peak_rss_mb']:>6} MB  CUDA {row['cuda_peak_mb']:>6} MB  x{row['speedup_vs_naive']:.2f}  "
                   f"agree {row['pixel_agreement']:.4f}  F1 {f1}")
-        best = configs[DEFAULT][0]
+        best = configs[DEFAULT]
         check = agreement(best["labels"], naive["labels"], checkpoint.info.mode)
         print(f"# {size}: optimised labels agree with the naive loop: {'yes' if check['same'] else 'NO'} {check}")
         if size == 512:

@@ -182,11 +182,12 @@ class OnnxModel:
     """The network (BatchNorm folded) exported to ONNX and run by ONNX Runtime on the CPU.
 
     Same interface as :class:`FastModel`; float32 only. The export (a few seconds) is cached on disk
-    by :func:`exported_onnx`.
+    by :func:`exported_onnx` (``graph``; :class:`~.quantize.Int8Model` runs its int8 graph instead).
     """
 
     device = torch.device("cpu")
     dtype = torch.float32
+    graph = staticmethod(exported_onnx)
 
     def __init__(self, model: UNet) -> None:
         import onnxruntime
@@ -198,9 +199,9 @@ class OnnxModel:
             return onnxruntime.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
 
         try:
-            self.session = session(exported_onnx(model))
+            self.session = session(self.graph(model))
         except Exception:  # a damaged cached file (ONNX Runtime's errors share no base class): export again
-            self.session = session(exported_onnx(model, refresh=True))
+            self.session = session(self.graph(model, refresh=True))
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         # one input at a time: ONNX Runtime's CPU convolutions were slower per plane with batches (measured)
@@ -215,6 +216,10 @@ def make_fast_model(
     """The runner :func:`~.precision.choose_backend` picks for ``device``, ``precision`` and ``backend``."""
     if getattr(model, "runs_itself", False):  # a bioimage.io package's ONNX network (see .bioimageio_load)
         return FastModel(model, device, "float32")
+    if precision == "int8":
+        from .quantize import int8_model  # local: quantize builds on this module
+
+        return int8_model(model, device, backend)
     if choose_backend(device, precision, backend) == "onnxruntime":
         return OnnxModel(model)
     return FastModel(model, device, precision)

@@ -13,7 +13,7 @@ DEFAULT_MODEL = "nuclei"
 #: Device names accepted by :func:`~.device.get_device` (``"cuda:1"`` style indices too).
 DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
 #: Compute precisions of :mod:`.optimize`.
-PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+PRECISIONS = ("auto", "float32", "bfloat16", "float16", "int8")
 #: Inference backends of :mod:`.optimize`.
 BACKENDS = ("auto", "torch", "onnxruntime")
 #: Where probabilities become labels (:mod:`.postprocess_torch`): ``auto`` (the device on CUDA when a probe

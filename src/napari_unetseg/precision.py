@@ -7,9 +7,8 @@ float32), and :func:`choose_backend` picks ONNX Runtime or PyTorch. Training ask
 :func:`training_autocast`; previews and validation use the named choices below. The runners
 themselves are in :mod:`.optimize`.
 
-A new precision (e.g. ``"int8"``: ONNX Runtime static quantization) adds its name to
-:data:`~.options.PRECISIONS`, its probe beside :func:`bfloat16_agrees` (gated the same way in
-:func:`resolve_precision`) and its runner in :func:`choose_backend`.
+``"int8"`` (ONNX Runtime static quantization, :mod:`.quantize`) is only ever asked for, never
+chosen by ``auto``: a fixed probe did not predict its agreement on real stacks.
 """
 
 from __future__ import annotations
@@ -54,6 +53,8 @@ def choose_precision(device: torch.device, precision: str = "auto") -> torch.dty
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "int8":
+        raise ValueError("precision int8 runs on ONNX Runtime only (see .quantize), not in PyTorch")
     if precision != "auto":
         return getattr(torch, precision)
     return torch.float16 if device.type == "cuda" else torch.float32
@@ -66,7 +67,9 @@ def choose_backend(device: torch.device, precision: str = "auto", backend: str =
     measured, with the same labels; it has no reduced-precision path here. ValueError when
     ``onnxruntime`` is asked for where it cannot run.
     """
-    from .optimize import onnxruntime_available  # local: optimize asks this module for its choices
+    from .optimize import (
+        onnxruntime_available,  # local: optimize asks this module for its choices
+    )
 
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
