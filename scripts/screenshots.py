@@ -96,8 +96,8 @@ def main() -> int:
     shot("02-segmented-2d.png")
 
     # 2. Correct the result: start from it, then paint over a few mistakes with the true objects.
-    widget.finetune.from_result()
-    annotation = widget.finetune.annotations.value
+    widget.annotate.from_result()
+    annotation = widget.annotate.annotations.value
     _, truth = sample_image_2d()
     wrong = _worst_objects(annotation.data, truth, count=6)
     for true_id in wrong:
@@ -118,7 +118,7 @@ def main() -> int:
 
     # 4. Where to annotate next.
     result.visible = False
-    widget.finetune.where_to_annotate()
+    widget.annotate.where_to_annotate()
     wait_until(lambda: not widget.busy())
     shot("06-uncertainty.png")
 

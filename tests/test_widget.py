@@ -24,7 +24,7 @@ from conftest import ThresholdNet, tiny_unet, two_touching_discs, write_raw_chec
 from napari_unetseg import versions  # noqa: E402
 from napari_unetseg._sample_data import nuclei_2d, nuclei_3d  # noqa: E402
 from napari_unetseg._widget import _segment, _settings  # noqa: E402
-from napari_unetseg._widget._finetune import convention_text  # noqa: E402
+from napari_unetseg._widget._annotate import convention_text  # noqa: E402
 from napari_unetseg._widget._layers import METADATA_KEY, image_source  # noqa: E402
 from napari_unetseg._widget._main import UNetSegWidget  # noqa: E402
 from napari_unetseg.checkpoint import Checkpoint, ModelInfo, load_checkpoint  # noqa: E402
@@ -125,12 +125,12 @@ def test_widget_lists_layers_models_and_devices(viewer_widget, tiny_instance_che
     viewer.add_image(np.zeros((32, 32), np.float32), name="a")
     viewer.add_labels(np.zeros((32, 32), np.uint8), name="painted")
     assert widget.image.value.name == "a"
-    assert widget.finetune.annotations.value.name == "painted"
+    assert widget.annotate.annotations.value.name == "painted"
     assert list(widget.device.choices) == available_devices()
     assert "can use" in text(widget.device_report)
     assert widget.models.current().key == str(tiny_instance_checkpoint)
     assert "instance model" in widget.models.info.value
-    assert widget.finetune.convention.value.startswith("Paint: 0 = not annotated")
+    assert widget.annotate.convention.value.startswith("Paint: 0 = not annotated")
     assert widget.segment.advanced.native.isHidden()  # the "advanced" fold starts closed
     widget.segment.show_advanced.value = True
     assert not widget.segment.advanced.native.isHidden()
@@ -373,16 +373,16 @@ def test_user_mistakes_give_plain_notifications(qtbot, viewer_widget, notes, tmp
 
     viewer.add_image(np.ones((40, 40), np.float32), name="img")
     viewer.add_labels(np.zeros((30, 30), np.uint8), name="wrong")
-    widget.finetune.annotations.value = viewer.layers["wrong"]
+    widget.annotate.annotations.value = viewer.layers["wrong"]
     widget.finetune.fine_tune()
     assert notes[-1][0] == "warning" and "shape (30, 30)" in notes[-1][1] and "(40, 40)" in notes[-1][1]
 
-    widget.finetune.new_annotations()
-    assert widget.finetune.annotations.value.name == "img annotations"
+    widget.annotate.new_annotations()
+    assert widget.annotate.annotations.value.name == "img annotations"
     widget.finetune.fine_tune()
     assert notes[-1][0] == "warning" and "Nothing is painted" in notes[-1][1]
 
-    widget.finetune.from_result()
+    widget.annotate.from_result()
     assert notes[-1][0] == "warning" and "Segment first" in notes[-1][1]
 
     bad = tmp_path / "broken.pt"
@@ -401,8 +401,8 @@ def test_user_mistakes_give_plain_notifications(qtbot, viewer_widget, notes, tmp
 def test_one_class_only_is_refused_with_a_message(qtbot, viewer_widget, notes):
     viewer, widget = viewer_widget
     viewer.add_image(np.random.default_rng(0).normal(100, 20, (48, 48)).astype(np.float32), name="img")
-    widget.finetune.new_annotations()
-    widget.finetune.annotations.value.data[5:20, 5:20] = 1  # background only
+    widget.annotate.new_annotations()
+    widget.annotate.annotations.value.data[5:20, 5:20] = 1  # background only
     widget.finetune.fine_tune()
     wait_idle(qtbot, widget)
     assert notes[-1][0] == "error" and "object" in notes[-1][1]
@@ -468,7 +468,7 @@ def test_from_result_shifts_ids_and_marks_background(qtbot, viewer_widget, monke
     widget.segment.run()
     wait_idle(qtbot, widget)
     result = viewer.layers["stack labels (tiny-instance)"].data.copy()
-    widget.finetune.from_result()
+    widget.annotate.from_result()
     annotation = viewer.layers["stack annotations"]
     assert annotation.mode == "paint" and annotation.selected_label == annotation.data.max() + 1
     np.testing.assert_array_equal(annotation.data[2], np.where(result[2] > 0, result[2] + 1, 1))
@@ -489,8 +489,8 @@ def test_fine_tune_saves_a_version_selects_it_and_revert_goes_back(
     held_out_scores(monkeypatch, parent=0.5, fine_tuned=0.8)
     image, truth = small_2d()
     image_layer = viewer.add_image(image, name="cells")
-    widget.finetune.new_annotations()
-    annotation = widget.finetune.annotations.value
+    widget.annotate.new_annotations()
+    annotation = widget.annotate.annotations.value
     annotation.data[:] = np.where(truth > 0, truth + 1, 1)
     annotation.data[:, 80:] = 0  # a part left unannotated
     painted = annotation.data.copy()
@@ -542,8 +542,8 @@ def test_a_fine_tune_that_does_not_improve_keeps_the_parent_and_says_so(
     held_out_scores(monkeypatch, parent=0.9, fine_tuned=0.4)
     image, truth = small_2d()
     viewer.add_image(image, name="cells")
-    widget.finetune.new_annotations()
-    annotation = widget.finetune.annotations.value
+    widget.annotate.new_annotations()
+    annotation = widget.annotate.annotations.value
     annotation.data[:] = np.where(truth > 0, truth + 1, 0)  # whole objects, no background painted
     painted = annotation.data.copy()
     widget.finetune.iterations.value = 3
@@ -563,8 +563,8 @@ def test_fine_tune_to_a_chosen_file(qtbot, viewer_widget, tmp_path):
     viewer, widget = viewer_widget
     image, truth = small_2d()
     viewer.add_image(image, name="cells")
-    widget.finetune.new_annotations()
-    widget.finetune.annotations.value.data[:] = np.where(truth > 0, truth + 1, 1)
+    widget.annotate.new_annotations()
+    widget.annotate.annotations.value.data[:] = np.where(truth > 0, truth + 1, 1)
     widget.finetune.iterations.value = 3
     widget.finetune.live_preview.value = False
     widget.finetune.save_to.value = tmp_path / "mine.pt"
@@ -579,7 +579,7 @@ def test_where_to_annotate_next_adds_an_uncertainty_layer(qtbot, viewer_widget):
     viewer, widget = viewer_widget
     image, _ = small_3d()
     viewer.add_image(image, name="stack", scale=(2, 1, 1))
-    widget.finetune.uncertainty_button.clicked.emit()
+    widget.annotate.uncertainty_button.clicked.emit()
     wait_idle(qtbot, widget)
     entropy = viewer.layers["stack uncertainty"]
     assert entropy.data.shape == image.shape and entropy.data.dtype == np.float32
@@ -591,10 +591,10 @@ def test_where_to_annotate_next_adds_an_uncertainty_layer(qtbot, viewer_widget):
 def test_semantic_models_show_their_classes(viewer_widget, tiny_semantic_checkpoint):
     viewer, widget = viewer_widget
     widget.models.add_file(tiny_semantic_checkpoint)
-    assert text(widget.finetune.convention) == "Paint: 0 = not annotated (ignored) · 1 = membrane · 2 = cell"
+    assert text(widget.annotate.convention) == "Paint: 0 = not annotated (ignored) · 1 = membrane · 2 = cell"
     assert convention_text(copy.deepcopy(ModelInfo())).endswith("2, 3, … = one id per object")
     viewer.add_image(np.ones((16, 16), np.float32), name="img")
-    widget.finetune.new_annotations()
+    widget.annotate.new_annotations()
     layer = viewer.layers["img annotations"]
     assert layer.data.dtype == np.uint8 and layer.selected_label == 1
 
@@ -708,8 +708,8 @@ def test_a_fine_tune_that_fails_midway_keeps_the_parent_model_and_every_annotati
     viewer, widget = viewer_widget
     image, truth = small_2d()
     image_layer = viewer.add_image(image, name="cells")
-    widget.finetune.new_annotations()
-    annotation = widget.finetune.annotations.value
+    widget.annotate.new_annotations()
+    annotation = widget.annotate.annotations.value
     annotation.data[:] = np.where(truth > 0, truth + 1, 1)
     painted = annotation.data.copy()
     real_step, calls = Trainer._step, []

@@ -1,4 +1,4 @@
-"""The Annotate & fine-tune panel: paint corrections, fine-tune the model on them, save a new version."""
+"""The Fine-tune panel: train the chosen model on the painted annotations, save a new version, revert."""
 
 from __future__ import annotations
 
@@ -6,43 +6,36 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, ProgressBar, PushButton, SpinBox
+from magicgui.widgets import (
+    CheckBox,
+    Container,
+    FileEdit,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+)
 
 from .. import versions
-from ..checkpoint import CheckpointError, ModelInfo, save_checkpoint
-from ..engine_settings import EngineSettings
+from ..checkpoint import CheckpointError, save_checkpoint
 from ..options import labels_dtype
-from ..targets import painting_advice, result_as_annotation
+from ..targets import painting_advice
 from ..training_types import TrainResult
-from ..uncertainty import UncertaintyProgress
-from ._jobs import FineTuneJob, FineTuneUpdate, JobFailed, PreviewSource, entropy_job
+from ._jobs import FineTuneJob, FineTuneUpdate, JobFailed, PreviewSource
 from ._layers import (
-    METADATA_KEY,
     ImageSource,
     Note,
     UserError,
     current_plane,
     find_layer,
-    image_source,
-    layers_of_type,
     notify,
+    row,
     write_planes,
 )
 from ._models import ModelEntry
 from ._plot import LossPlot
 
 if TYPE_CHECKING:
-    import napari
-
-    from ._main import UNetSegWidget
-
-
-def convention_text(info: ModelInfo | None) -> str:
-    """How to paint for this model, in one line."""
-    if info is None or info.mode == "instance":
-        return "Paint: 0 = not annotated (ignored) · 1 = background · 2, 3, … = one id per object"
-    classes = " · ".join(f"{k} = {name}" for k, name in enumerate(info.class_names, start=1))
-    return f"Paint: 0 = not annotated (ignored) · {classes}"
+    from ._session import Session
 
 
 def annotated_planes(source: ImageSource, annotation: Any) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -52,14 +45,10 @@ def annotated_planes(source: ImageSource, annotation: Any) -> tuple[list[np.ndar
 
 
 class FineTunePanel(Container):
-    """Annotation layer tools, fine-tune with live loss and preview, Stop, Revert and "where to annotate next"."""
+    """Fine-tune on ``session.annotations`` with a live loss curve and preview, Stop, and Revert."""
 
-    def __init__(self, host: UNetSegWidget) -> None:
-        self.host = host
-        self.annotations = ComboBox(label="annotations", choices=self._annotation_choices)
-        self.new_button = PushButton(text="New annotations")
-        self.from_result_button = PushButton(text="From result")
-        self.convention = Note(value=convention_text(None))
+    def __init__(self, session: Session) -> None:
+        self.session = session
         self.iterations = SpinBox(label="iterations", value=200, min=1, max=100_000)
         self.live_preview = CheckBox(text="Live preview of the slice in view", value=True)
         self.save_to = FileEdit(
@@ -78,111 +67,38 @@ class FineTunePanel(Container):
         self.progress = ProgressBar(value=0, min=0, max=1, label=" ")
         self.status = Note()
         self.revert_button = PushButton(text="Revert to previous version", enabled=False)
-        self.uncertainty_button = PushButton(text="Where to annotate next")
         super().__init__(
             widgets=[
-                self.annotations,
-                _row(self.new_button, self.from_result_button),
-                self.convention,
                 self.iterations,
                 self.live_preview,
                 self.save_to,
-                _row(self.train_button, self.stop_button),
+                row(self.train_button, self.stop_button),
                 plot_box,
                 self.progress,
                 self.status,
-                _row(self.revert_button, self.uncertainty_button),
+                self.revert_button,
             ]
         )
         self.margins = (0, 0, 0, 0)
-        self.runner = host.make_runner(
-            self.progress, self.status, [self.train_button, self.uncertainty_button], self.stop_button
-        )
+        self.runner = session.runner(self.progress, self.status, [self.train_button], self.stop_button)
         self.job: FineTuneJob | None = None
         self._context: dict[str, Any] = {}
-        self.new_button.changed.connect(self.new_annotations)
-        self.from_result_button.changed.connect(self.from_result)
         self.train_button.changed.connect(self.fine_tune)
         self.revert_button.changed.connect(self.revert)
-        self.uncertainty_button.changed.connect(self.where_to_annotate)
 
-    def _annotation_choices(self, _widget: ComboBox | None = None) -> list[tuple[str, Any]]:
-        """Labels layers the user can paint in (not the widget's own result layers)."""
-        return [
-            (layer.name, layer)
-            for layer in layers_of_type(self.host.viewer, "Labels")
-            if not self.host.owned.owns(layer)
-        ]
-
-    def model_changed(self, info: ModelInfo | None) -> None:
-        self.convention.value = convention_text(info)
+    def model_changed(self) -> None:
+        """Offer Revert when the chosen model records the one it was fine-tuned from."""
         self.revert_button.enabled = self._parent() is not None
-
-    # -- annotation layers
-
-    def _add_annotations(self, source: ImageSource, data: np.ndarray, first_label: int) -> napari.layers.Labels:
-        layer = self.host.viewer.add_labels(
-            data,
-            name=f"{source.name} annotations",
-            **source.geometry,
-            metadata={METADATA_KEY: {"role": "annotations", "image": source.name}},
-        )
-        layer.brush_size = 6
-        layer.selected_label = first_label
-        layer.mode = "paint"
-        self.host.viewer.layers.selection.active = layer
-        self.annotations.reset_choices()
-        self.annotations.value = layer
-        return layer
-
-    def _source_and_mode(self) -> tuple[ImageSource, str]:
-        source = image_source(self.host.image.value)
-        info = self.host.models.current_info()
-        return source, info.mode if info is not None else "instance"
-
-    def new_annotations(self, *_: object) -> None:
-        """Add an empty "<image> annotations" layer matching the image, with the brush ready."""
-        try:
-            source, mode = self._source_and_mode()
-        except (UserError, CheckpointError) as exc:
-            notify("warning", str(exc))
-            return
-        self._add_annotations(source, np.zeros(source.spatial_shape, labels_dtype(mode)), 2 if mode == "instance" else 1)
-
-    def from_result(self, *_: object) -> None:
-        """Start annotations from the segmentation result so only mistakes need painting.
-
-        See :func:`~.targets.result_as_annotation`; planes that were not segmented stay 0 (not
-        annotated).
-        """
-        try:
-            source, mode = self._source_and_mode()
-        except (UserError, CheckpointError) as exc:
-            notify("warning", str(exc))
-            return
-        result = self.host.owned.get("labels", source)
-        if result is None:
-            notify("warning", f"There is no result for '{source.name}' yet: click Segment first.")
-            return
-        data = result_as_annotation(result.data, mode)
-        done = self.host.segment.segmented.get(result.unique_id)
-        if source.plane_shape and done is not None:
-            for index in np.ndindex(*source.plane_shape):
-                if index not in done:
-                    data[index] = 0
-        self._add_annotations(source, data, int(data.max()) + 1 if mode == "instance" else 1)
-
-    # -- fine-tuning
 
     def fine_tune(self, *_: object) -> None:
         """Fine-tune the chosen model on every annotated plane (a snapshot), in a worker."""
-        host = self.host
-        inputs = host.job_inputs()
+        session = self.session
+        inputs = session.job_inputs()
         if inputs is None:
             return
         layer, source, checkpoint = inputs
         try:
-            annotation = self.annotations.value
+            annotation = session.annotations
             if annotation is None:
                 raise UserError("There is no annotation layer: click New annotations (or From result) and paint.")
             if tuple(annotation.data.shape) != source.spatial_shape:
@@ -198,13 +114,14 @@ class FineTunePanel(Container):
         except UserError as exc:
             notify("warning", str(exc))
             return
-        entry = host.models.current()
+        entry = session.models.current()
         for advice in painting_advice(annotations, checkpoint.info.mode, fine_tuning=True):
             notify("info", advice)
-        here = current_plane(host.viewer, source, layer)
+        here = current_plane(session.viewer, source, layer)
         preview = PreviewSource(source.data, source.axes, here) if self.live_preview.value else None
         self.job = FineTuneJob(
-            images, annotations, checkpoint, iterations=self.iterations.value, device=host.device.value, preview=preview
+            images, annotations, checkpoint, iterations=self.iterations.value, device=session.settings.engine.device,
+            preview=preview,
         )
         self._context = {
             "source": source,
@@ -229,9 +146,10 @@ class FineTunePanel(Container):
         job, source = self.job, self._context.get("source")
         if job is None or job.preview is None or source is None:
             return
-        layer = find_layer(self.host.viewer, source.layer_id)
+        viewer = self.session.viewer
+        layer = find_layer(viewer, source.layer_id)
         if layer is not None:
-            job.preview.index = current_plane(self.host.viewer, source, layer)
+            job.preview.index = current_plane(viewer, source, layer)
 
     def _on_step(self, update: FineTuneUpdate) -> None:
         if update.preview is not None:
@@ -239,7 +157,7 @@ class FineTunePanel(Container):
             dtype = labels_dtype("instance" if self._context["instance"] else "semantic")
             # a layer of its own, beside the start model's result, so the two can be compared
             preview = f"fine-tuning {self._context['entry'].name}"
-            labels = self.host.owned.labels(source, dtype, clear=False, model=preview)
+            labels = self.session.owned.labels(source, dtype, clear=False, model=preview)
             write_planes(labels, [(update.preview.index, update.preview.labels)])
         if update.note:
             notify("warning", update.note)
@@ -279,7 +197,7 @@ class FineTunePanel(Container):
             self.status.value = "The fine-tuned model could not be saved."
             notify("error", f"Saving the fine-tuned model failed: {exc}")
             return
-        self.host.models.select(key)
+        self.session.models.select(key)
         self.status.value = f"Saved {name}: {what}. It is now the selected model: Segment to apply it."
         notify("info", f"Saved the fine-tuned model as {name}: {what}.")
 
@@ -299,7 +217,7 @@ class FineTunePanel(Container):
         result.info.name = path.stem
         save_checkpoint(path, result.model, result.info, overwrite=False)
         self.save_to.value = None
-        entry = self.host.models.add_file(path)
+        entry = self.session.models.add_file(path)
         return entry.key, entry.name
 
     def _on_finished(self) -> None:
@@ -307,90 +225,43 @@ class FineTunePanel(Container):
 
     def revert(self, *_: object) -> None:
         """Go back to the model the chosen one was fine-tuned from (the newer version stays saved)."""
-        current = self.host.models.current()
+        models = self.session.models
+        current = models.current()
         parent = self._parent()
         if current is None or parent is None:
             notify("warning", "There is no earlier version to go back to.")
             return
-        if parent.kind == "file" and self.host.models.find(parent.key) is None:
+        if parent.kind == "file" and models.find(parent.key) is None:
             try:
-                self.host.models.add_file(parent.key)
+                models.add_file(parent.key)
             except CheckpointError as exc:
                 notify("error", str(exc))
                 return
-        self.host.models.select(parent.key)
+        models.select(parent.key)
         notify("info", f"Back to {parent.name}. {current.name} stays saved: pick it in the model list to use it again.")
 
     def _parent(self) -> ModelEntry | None:
         """The model the chosen one was fine-tuned from, as recorded in its checkpoint, if it can be found."""
         try:
-            info = self.host.models.current_info()
+            info = self.session.models.current_info()
         except CheckpointError:
             return None
         training = info.training if info is not None else {}
         parent_file, parent = training.get("parent_file"), training.get("parent")
         for key in (parent_file, parent):
-            entry = self.host.models.find(key) if key else None
+            entry = self.session.models.find(key) if key else None
             if entry is not None:
                 return entry
         if parent_file and Path(parent_file).is_file():
             return ModelEntry(parent_file, Path(parent_file).stem, "file")
         return None
 
-    # -- uncertainty
-
-    def where_to_annotate(self, *_: object) -> None:
-        """Add "<image> uncertainty": where the model hesitates (entropy), the best places to paint next."""
-        host = self.host
-        inputs = host.job_inputs()
-        if inputs is None:
-            return
-        layer, source, checkpoint = inputs
-        target = host.owned.uncertainty(source)
-        order = source.all_planes(first=current_plane(host.viewer, source, layer))
-        self._context = {"uncertainty_id": target.unique_id, "source": source}
-        segment = host.segment
-        settings = EngineSettings(
-            device=host.device.value, batch_size=segment.batch_size.value, tile_size=segment.tile_size.value
-        )
-        job = entropy_job(source.data, checkpoint, settings, axes=source.axes, order=order)
-        self.runner.start(
-            job,
-            total=len(order),
-            description=f"Uncertainty of {source.name}",
-            on_yield=self._on_entropy,
-            on_return=self._on_entropy_done,
-        )
-
-    def _on_entropy(self, update: UncertaintyProgress) -> None:
-        layer = find_layer(self.host.viewer, self._context.get("uncertainty_id"))
-        if layer is not None:
-            write_planes(layer, update.planes)
-        self.runner.advance(update.done, update.total, f"uncertainty: {update.done} / {update.total} slices")
-
-    def _on_entropy_done(self, outcome: int | JobFailed) -> None:
-        if isinstance(outcome, JobFailed):
-            notify("error", outcome.message)
-            return
-        self.status.value = "Bright = the model hesitates: paint corrections there first."
-
     def layer_removed(self, layer_id: object) -> None:
-        """Say what happens to a running job when one of its layers goes away."""
+        """Say what happens to a running fine-tuning when one of its layers goes away."""
         context = self._context
-        if not self.runner.running:
+        if self.job is None or not self.runner.running:
             return
-        source = context.get("source")
-        image_gone = source is not None and layer_id == source.layer_id
-        if self.job is None and (image_gone or layer_id == context.get("uncertainty_id")):
-            notify("warning", f"A layer of '{source.name}' was removed, so the uncertainty computation stopped.")
-            self.runner.stop()
-        elif self.job is not None and (image_gone or layer_id == context.get("annotation_id")):
+        if layer_id in (context["source"].layer_id, context["annotation_id"]):
             notify(
                 "info", "A layer used for fine-tuning was removed: training goes on with the copy taken at the start."
             )
-
-
-def _row(*widgets: Any) -> Container:
-    row = Container(widgets=list(widgets), layout="horizontal", labels=False)
-    row.margins = (0, 0, 0, 0)
-    return row

@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from ..axes import AxesLayout, read_plane
 from ..checkpoint import Checkpoint
 from ..device import free_gpu_memory, is_out_of_memory
 from ..engine_settings import EngineSettings
-from ..axes import AxesLayout, read_plane
 from ..inference import BatchProgress, PlanePredictor, PlaneResult, iter_segment
 from ..metrics import object_changes
 from ..precision import CHANGING_WEIGHTS_BACKEND, PREVIEW_PRECISION

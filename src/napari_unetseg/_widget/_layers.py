@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import Label
+from magicgui.widgets import Container, Label
 
 from ..io import LARGE_RESULT_BYTES, temporary_labels_zarr
 
@@ -40,6 +40,13 @@ class Note(Label):
     def set_value(self, value: Any) -> None:
         lines = str(value).splitlines() or [""]
         super().set_value("\n".join(textwrap.fill(line, self.COLUMNS) or line for line in lines))
+
+
+def row(*widgets: Any) -> Container:
+    """Widgets side by side, without margins."""
+    line = Container(widgets=list(widgets), layout="horizontal", labels=False)
+    line.margins = (0, 0, 0, 0)
+    return line
 
 
 @dataclass(frozen=True)

@@ -1,21 +1,31 @@
-"""The U-Net Segmentation dock widget: shared choices (image, model, device) and the two panels."""
+"""The U-Net Segmentation dock widget: the shared choices (image, model, device), the session the panels
+share, and the panels (Segment, measurements, Annotate, Fine-tune)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, Label, ProgressBar, PushButton
+from magicgui.widgets import ComboBox, Container, Label
 
-from ..checkpoint import Checkpoint, CheckpointError
+from ..checkpoint import CheckpointError
 from ..device import explain_devices
+from ..engine_settings import EngineSettings
 from ..imaging import image_imaging
+from ._annotate import AnnotatePanel
 from ._finetune import FineTunePanel
-from ._layers import ImageSource, Note, OwnedLayers, UserError, current_plane, image_source, layers_of_type, notify
+from ._layers import (
+    Note,
+    OwnedLayers,
+    UserError,
+    current_plane,
+    image_source,
+    layers_of_type,
+)
 from ._measure import MeasurePanel
 from ._models import ModelPicker
-from ._runner import JobRunner
 from ._segment import SegmentPanel
+from ._session import PanelSettings, Session
 from ._settings import apply_threads, preferred_device
 
 if TYPE_CHECKING:
@@ -28,24 +38,27 @@ class UNetSegWidget(Container):
     """U-Net Segmentation: pick an image, a model and a device, then Segment or Annotate & fine-tune.
 
     Child widgets are attributes (``image``, ``models.model``, ``device``, ``segment.run_button``,
-    ``measure.save_button``, ``finetune.train_button``...) so scripts and tests can set values and call the
-    handlers.
+    ``measure.save_button``, ``annotate.new_button``, ``finetune.train_button``...) so scripts and tests
+    can set values and call the handlers; ``session`` holds what the panels share (settings, status).
     """
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=False)
         self.viewer = viewer
         self.owned = OwnedLayers(viewer, on_change=self.reset_choices)
-        self._runners: list[JobRunner] = []
         self.image = ComboBox(label="image", choices=self._image_choices)
         self.models = ModelPicker()
         report = explain_devices()
         apply_threads()
         self.device = ComboBox(label="device", choices=report.devices, value=preferred_device(report.devices))
         self.device_report = Note(value=report.summary(), tooltip="What PyTorch can use on this computer.")
-        self.segment = SegmentPanel(self)
-        self.measure = MeasurePanel(self)
-        self.finetune = FineTunePanel(self)
+        settings = PanelSettings(EngineSettings(device=self.device.value))
+        self.session = Session(viewer, self.owned, self.models, lambda: self.image.value, settings)
+        self.device.changed.connect(lambda device: settings.change_engine(device=device))
+        self.segment = SegmentPanel(self.session)
+        self.measure = MeasurePanel(self.session)
+        self.annotate = AnnotatePanel(self.session)
+        self.finetune = FineTunePanel(self.session)
         top = Container(widgets=[self.image, self.models, self.device])
         top.margins = (0, 0, 0, 0)
         self.extend(
@@ -56,6 +69,7 @@ class UNetSegWidget(Container):
                 self.segment,
                 self.measure,
                 _heading("Annotate & fine-tune"),
+                self.annotate,
                 self.finetune,
             ]
         )
@@ -78,33 +92,9 @@ class UNetSegWidget(Container):
     def _image_choices(self, _widget: ComboBox | None = None) -> list[tuple[str, Any]]:
         return [(layer.name, layer) for layer in layers_of_type(self.viewer, "Image") if not self.owned.owns(layer)]
 
-    def make_runner(self, progress: ProgressBar, status: Label, start: list[PushButton], stop: PushButton) -> JobRunner:
-        """A job runner for a panel; the widget knows them all to run one job at a time."""
-        runner = JobRunner(progress, status, start, stop)
-        self._runners.append(runner)
-        return runner
-
     def busy(self) -> bool:
         """Whether a segmentation, fine-tuning or uncertainty job is running."""
-        return any(runner.running for runner in self._runners)
-
-    def job_inputs(self) -> tuple[Any, ImageSource, Checkpoint] | None:
-        """The chosen image layer, its planes and the chosen model for a new job.
-
-        ``None`` (after a notification saying why) when a job is running, no image is chosen or
-        the model does not load.
-        """
-        if self.busy():
-            notify("info", "Another job is running: wait for it or stop it first.")
-            return None
-        try:
-            layer = self.image.value
-            return layer, image_source(layer), self.models.checkpoint()
-        except UserError as exc:
-            notify("warning", str(exc))
-        except CheckpointError as exc:
-            notify("error", str(exc))
-        return None
+        return self.session.busy()
 
     def _image_kind(self) -> str | None:
         """Whether the chosen image looks like fluorescence or EM (its plane on screen); None if unclear."""
@@ -129,7 +119,8 @@ class UNetSegWidget(Container):
             info = self.models.current_info()
         except CheckpointError:
             info = None
-        self.finetune.model_changed(info)
+        self.annotate.model_changed(info)
+        self.finetune.model_changed()
 
     def _layers_changed(self, event: Any = None) -> None:
         if event is not None and getattr(event, "type", "") == "inserted":
@@ -139,6 +130,7 @@ class UNetSegWidget(Container):
     def _layer_removed(self, event: Any) -> None:
         layer_id = event.value.unique_id
         self.segment.layer_removed(layer_id)
+        self.annotate.layer_removed(layer_id)
         self.finetune.layer_removed(layer_id)
         self.reset_choices()
 
@@ -151,9 +143,7 @@ class UNetSegWidget(Container):
             event.disconnect(handler)
         for layer in self.viewer.layers:
             layer.events.name.disconnect(self._layers_changed)
-        for runner in self._runners:
-            if runner.worker is not None:
-                runner.worker.quit()
+        self.session.close()
 
 
 def _heading(text: str) -> Label:

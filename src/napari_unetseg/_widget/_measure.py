@@ -20,7 +20,7 @@ from ._layers import Note, UserError, find_layer, image_source, notify
 if TYPE_CHECKING:
     import napari
 
-    from ._main import UNetSegWidget
+    from ._session import Session
 
 
 def layer_table(labels: napari.layers.Labels, image: napari.layers.Image | None, read_lazy: bool = True) -> Table:
@@ -45,10 +45,13 @@ def layer_table(labels: napari.layers.Labels, image: napari.layers.Image | None,
 
 
 class MeasurePanel(Container):
-    """"N objects" of the latest result and the button that saves its measurements as a CSV file."""
+    """"N objects" of the latest result and the button that saves its measurements as a CSV file.
 
-    def __init__(self, host: UNetSegWidget) -> None:
-        self.host = host
+    It follows the session: a result that starts is forgotten, a result that is ready is measured.
+    """
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
         self.count = Note(value="")
         self.save_button = PushButton(
             text="Save measurements (CSV)", enabled=False,
@@ -58,6 +61,8 @@ class MeasurePanel(Container):
         self.margins = (0, 0, 0, 0)
         self._ids: tuple[Any, Any] | None = None  # labels layer id, image layer id
         self.save_button.changed.connect(self.save)
+        session.result_started.connect(self.forget)
+        session.result_ready.connect(self.measure)
 
     def measure(self, labels: napari.layers.Labels, image: napari.layers.Image | None) -> None:
         """Measure a finished result: its layer's ``features`` get the table, the panel its object count."""
@@ -83,7 +88,7 @@ class MeasurePanel(Container):
 
     def save(self, *_: object) -> None:
         """Measure the result as it is now (painted corrections included) and save the table where the user says."""
-        viewer = self.host.viewer
+        viewer = self.session.viewer
         labels = None if self._ids is None else find_layer(viewer, self._ids[0])
         if labels is None:
             notify("warning", "There is no result to measure: segment an image first.")

@@ -23,6 +23,7 @@ from ..options import DEFAULT_MODEL
 from ._layers import Note, notify
 from ._settings import last_used_model
 
+
 @dataclass(frozen=True)
 class ModelEntry:
     """One choice: ``key`` is a built-in name or a file path, ``name`` the short name shown and versioned."""

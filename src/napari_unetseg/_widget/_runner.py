@@ -4,9 +4,30 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Generator
+from enum import Enum
 from typing import Any
 
 from magicgui.widgets import Label, ProgressBar, PushButton
+
+from ._jobs import JobFailed
+
+
+class JobStatus(Enum):
+    """How a job stands; the runner sets it, panels read it (a stopped job ends ``CANCELLED``)."""
+
+    IDLE = "idle"
+    RUNNING = "running"
+    DONE = "done"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+
+def end_status(outcome: Any, stopped: bool) -> JobStatus:
+    """How a job ended: ``FAILED`` if it returned a failure (a ``JobFailed``), ``CANCELLED`` if it was
+    stopped or returned nothing, else ``DONE``."""
+    if isinstance(outcome, JobFailed):
+        return JobStatus.FAILED
+    return JobStatus.CANCELLED if stopped or outcome is None else JobStatus.DONE
 
 
 class JobRunner:
@@ -14,16 +35,26 @@ class JobRunner:
 
     ``start_buttons`` are disabled while a job runs and ``stop_button`` enabled. Stopping calls the
     job's own ``stop`` if one was given (e.g. training, which then returns its best weights), else
-    ``worker.quit()``, which takes effect at the job's next yield.
+    ``worker.quit()``, which takes effect at the job's next yield. ``on_status`` hears the job's
+    :class:`JobStatus`: ``RUNNING`` at the start, then how it ended, before the panel's ``on_finish``.
     """
 
-    def __init__(self, progress: ProgressBar, status: Label, start_buttons: list[PushButton], stop_button: PushButton):
+    def __init__(
+        self,
+        progress: ProgressBar,
+        status: Label,
+        start_buttons: list[PushButton],
+        stop_button: PushButton,
+        on_status: Callable[[JobStatus], None] = lambda _: None,
+    ) -> None:
         self.progress = progress
         self.status = status
         self.start_buttons = start_buttons
         self.stop_button = stop_button
         self.worker: Any = None
         self.stopped = False
+        self.on_status = on_status
+        self._outcome: Any = None
         self._pbar: Any = None
         self._started = 0.0
         self._stop: Callable[[], None] | None = None
@@ -55,6 +86,7 @@ class JobRunner:
             return (yield from job)
 
         self.stopped = False
+        self._outcome = None
         self._stop = stop
         self._on_return, self._on_finish = on_return, on_finish
         self._started = time.monotonic()
@@ -70,6 +102,7 @@ class JobRunner:
         for button in self.start_buttons:
             button.enabled = False
         self.stop_button.enabled = True
+        self.on_status(JobStatus.RUNNING)
         worker.start()
 
     def advance(self, done: int, total: int, text: str) -> None:
@@ -105,6 +138,7 @@ class JobRunner:
             self.worker.quit()
 
     def _returned(self, outcome: Any) -> None:
+        self._outcome = outcome
         self._on_return(outcome)
 
     def _finished(self) -> None:
@@ -115,4 +149,5 @@ class JobRunner:
         for button in self.start_buttons:
             button.enabled = True
         self.stop_button.enabled = False
+        self.on_status(end_status(self._outcome, self.stopped))
         self._on_finish()

@@ -5,38 +5,59 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, ProgressBar, PushButton, SpinBox
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FloatSpinBox,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+)
 
 from ..engine_settings import EngineSettings
 from ..inference import Z_METHODS, BatchProgress
 from ..provenance import make_record
 from ._jobs import JobFailed, SegmentOutcome, objects_3d_job, segment_job
-from ._layers import METADATA_KEY, ImageSource, Note, current_plane, find_layer, largest_label, notify
+from ._layers import (
+    METADATA_KEY,
+    ImageSource,
+    Note,
+    current_plane,
+    find_layer,
+    largest_label,
+    notify,
+)
+from ._runner import JobStatus
 from ._settings import remember_model
 
 if TYPE_CHECKING:
-    from ._main import UNetSegWidget
+    from ._session import Session
 
 
 class SegmentPanel(Container):
     """Segment button, "this slice only", "3D objects" and the objects' diameter (images with a Z axis),
     advanced options (batch, tile, 3D method), progress, Cancel and Copy command (the ``unetseg
-    segment`` call that makes the selected result again)."""
+    segment`` call that makes the selected result again).
 
-    def __init__(self, host: UNetSegWidget) -> None:
-        self.host = host
+    The batch and tile boxes write the session's engine settings, which every job reads.
+    """
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        engine = session.settings.engine
         self.this_slice = CheckBox(text="This slice only", value=False)
         self.show_advanced = CheckBox(text="Advanced options", value=False)
         self.batch_size = SpinBox(
             label="batch size",
-            value=EngineSettings().batch_size,
+            value=engine.batch_size or EngineSettings().batch_size,
             min=1,
             max=256,
             tooltip="Planes or tiles per step; lower it if memory runs out.",
         )
         self.tile_size = SpinBox(
             label="tile size",
-            value=EngineSettings().tile_size,
+            value=engine.tile_size,
             min=64,
             max=16384,
             step=64,
@@ -87,14 +108,22 @@ class SegmentPanel(Container):
             labels=False,
         )
         self.margins = (0, 0, 0, 0)
-        self.runner = host.make_runner(self.progress, self.status, [self.run_button], self.cancel_button)
+        self.runner = session.runner(self.progress, self.status, [self.run_button], self.cancel_button)
+        self.batch_size.changed.connect(lambda value: session.settings.change_engine(batch_size=int(value)))
+        self.tile_size.changed.connect(lambda value: session.settings.change_engine(tile_size=int(value)))
+        session.settings.events.engine.connect(self._engine_changed)
         self.show_advanced.changed.connect(self._toggle_advanced)
         self.run_button.changed.connect(self.run)
         self.copy_button.changed.connect(self.copy_command)
         self._target: tuple[Any, Any, str] | None = None  # labels layer id, image layer id, image name
         self._done = (0, 0)  # planes done, total of the running job
         self._three_d = False  # whether the running (or last) job makes 3D objects by consensus
-        self.segmented: dict[Any, set[tuple[int, ...]]] = {}  # labels layer id -> planes segmented
+
+    def _engine_changed(self, engine: Any) -> None:
+        """Show engine settings changed elsewhere (a script, the session) in the boxes."""
+        if engine.batch_size is not None:
+            self.batch_size.value = engine.batch_size
+        self.tile_size.value = engine.tile_size
 
     def _toggle_advanced(self, shown: bool) -> None:
         self.advanced.visible = bool(shown)
@@ -105,22 +134,22 @@ class SegmentPanel(Container):
 
     def run(self, *_: object) -> None:
         """Start segmenting the chosen image (or its plane on screen) with the chosen model."""
-        host = self.host
-        inputs = host.job_inputs()
+        session = self.session
+        inputs = session.job_inputs()
         if inputs is None:
             return
         layer, source, checkpoint = inputs
-        entry = host.models.current()
+        entry = session.models.current()
         if entry is not None:
             remember_model(entry.key)
         instance = checkpoint.info.mode == "instance"
-        here = current_plane(host.viewer, source, layer)
+        here = current_plane(session.viewer, source, layer)
         single = self.this_slice.value and bool(source.plane_shape)
         order = [here] if single else source.all_planes(first=here)
         dtype = np.dtype(np.uint32 if instance else np.uint8)
-        labels = host.owned.labels(source, dtype, clear=not single, model=entry.name if entry is not None else None)
-        done = self.segmented.setdefault(labels.unique_id, set())
-        host.measure.forget(labels)
+        labels = session.owned.labels(source, dtype, clear=not single, model=entry.name if entry is not None else None)
+        done = session.segmented.setdefault(labels.unique_id, set())
+        session.result_started.emit(labels)
         id_offset = 0
         if single:
             labels.data[here] = 0
@@ -133,13 +162,12 @@ class SegmentPanel(Container):
             z_method = "linking"
             notify("info", "This stack is too large to hold in memory for the consensus method, so its objects are "
                    "linked slice to slice instead.")
-        engine = EngineSettings(device=host.device.value, batch_size=self.batch_size.value,
-                                tile_size=self.tile_size.value)
+        engine = session.settings.engine
         parameters = {
             **engine.as_record(), "axes": source.axes, "stitch_z": three_d, "shape": list(source.data.shape),
             **({"slice": list(here)} if single else {}),
         }
-        out = host.owned.output(labels)
+        out = session.owned.output(labels)
         if z_method == "consensus":
             z_options = {"voxel_size": voxel_size(source), "diameter": self.diameter.value or "auto"}
             parameters.update(z_method=z_method, **z_options)
@@ -155,7 +183,7 @@ class SegmentPanel(Container):
         self._target = (labels.unique_id, source.layer_id, source.name)
         self._done = (0, len(order))
         self._three_d = z_method == "consensus"
-        host.viewer.layers.selection.active = labels
+        session.viewer.layers.selection.active = labels
         self.runner.start(
             job,
             total=len(order),
@@ -169,7 +197,7 @@ class SegmentPanel(Container):
         """Put the command recorded in the selected result layer on the clipboard."""
         from qtpy.QtWidgets import QApplication
 
-        layer = self.host.viewer.layers.selection.active
+        layer = self.session.viewer.layers.selection.active
         command = (getattr(layer, "metadata", None) or {}).get(METADATA_KEY, {}).get("command")
         if command is None:
             notify("info", "Select a layer made by Segment to copy the command that makes it again.")
@@ -180,16 +208,16 @@ class SegmentPanel(Container):
     def _on_update(self, update: BatchProgress) -> None:
         if self._target is None:
             return
-        layer = find_layer(self.host.viewer, self._target[0])
+        layer = find_layer(self.session.viewer, self._target[0])
         if layer is None:
             return
-        if self.host.owned.edited(layer):  # painted in while the job ran: the layer is the user's now
+        if self.session.owned.edited(layer):  # painted in while the job ran: the layer is the user's now
             if not self.runner.stopped:
                 notify("warning", f"You painted in '{layer.name}' while it was being segmented, so the "
                        "segmentation stopped and left your strokes as they are.")
                 self.runner.stop()
             return
-        self.segmented.setdefault(layer.unique_id, set()).update(p.index for p in update.planes)
+        self.session.segmented.setdefault(layer.unique_id, set()).update(p.index for p in update.planes)
         if update.planes:  # the job wrote them into the layer's data
             layer.refresh()
         self._done = (update.done, update.total)
@@ -200,22 +228,23 @@ class SegmentPanel(Container):
         self.runner.advance(update.done, update.total, f"{update.done} / {update.total} {unit}")
 
     def _on_outcome(self, outcome: SegmentOutcome | JobFailed) -> None:
-        target, self._target = self._target, None
+        target = self._target
         if isinstance(outcome, JobFailed):
             self.status.value = "Segmentation failed."
             notify("error", outcome.message)
             return
-        layer = find_layer(self.host.viewer, target[0]) if target else None
+        viewer = self.session.viewer
+        layer = find_layer(viewer, target[0]) if target else None
         if layer is not None:
             layer.refresh()
-            self.host.measure.measure(layer, find_layer(self.host.viewer, target[1]))
+            self.session.result_ready.emit(layer, find_layer(viewer, target[1]))
         seconds = self.runner.elapsed
         found = f", {largest_label(layer.data)} 3D objects" if self._three_d and layer is not None else ""
         self.status.value = f"Done: {outcome.total} slice{'s' * (outcome.total != 1)}{found} in {seconds:.1f} s."
 
     def _on_finished(self) -> None:
-        if self._target is not None:  # no outcome came back: the job was cancelled
-            self._target = None
+        self._target = None
+        if self.session.status is JobStatus.CANCELLED:
             unit = "network planes" if self._three_d else "slices"
             self.status.value = f"Cancelled after {self._done[0]} of {self._done[1]} {unit}."
 
