@@ -5,6 +5,7 @@ import pytest
 
 from napari_unetseg.axes import parse_axes, read_plane
 from napari_unetseg.checkpoint import Checkpoint, ModelInfo
+from napari_unetseg.engine_settings import EngineSettings
 from napari_unetseg.inference import PlanePredictor
 from napari_unetseg.size import (
     DEFAULT_MODEL_DIAMETER, ZoomedImage, equivalent_diameter, measure_diameter, model_diameter, resize_labels,
@@ -40,7 +41,7 @@ def test_the_diameter_is_measured_on_the_bright_planes_of_a_stack():
     big = disc_image(_discs(160, 25, [(45, 45), (115, 110)]))
     dim = np.full_like(big, 100)  # out-of-focus planes: nothing to measure there
     stack = np.stack([dim, dim, big, big, dim])
-    predictor = PlanePredictor(Checkpoint(ThresholdNet(), ModelInfo(mode="instance")), "cpu", 4, 1024, "float32", "torch")
+    predictor = PlanePredictor(Checkpoint(ThresholdNet(), ModelInfo(mode="instance")), EngineSettings(device="cpu", precision="float32", backend="torch"))
     layout = parse_axes(stack.shape, "ZYX")
     diameter = measure_diameter(stack, layout, predictor.prepare, predictor.probabilities, predictor.labels)
     assert diameter == pytest.approx(50.0, rel=0.1)
@@ -86,13 +87,13 @@ def test_plan_size_measures_instance_models_only_and_refuses_a_bad_diameter():
 
     image = disc_image(_discs(160, 25, [(45, 45), (115, 110)]))
     layout = parse_axes(image.shape, "YX")
-    finder = PlanePredictor(Checkpoint(ThresholdNet(), ModelInfo(mode="instance")), "cpu", 4, 1024, "float32", "torch")
+    finder = PlanePredictor(Checkpoint(ThresholdNet(), ModelInfo(mode="instance")), EngineSettings(device="cpu", precision="float32", backend="torch"))
     measured = plan_size(image, layout, finder, "auto")
     assert measured.diameter == pytest.approx(50.0, rel=0.1) and measured.zoom == pytest.approx(20 / measured.diameter)
     assert plan_size(image, layout, finder, 60).zoom == pytest.approx(1 / 3)
     assert not plan_size(image, layout, finder, None).rescales
     classes = ModelInfo(mode="semantic", class_names=["a", "b", "c"])
-    semantic = PlanePredictor(Checkpoint(ThresholdNet(), classes), "cpu", 4, 1024, "float32", "torch")
+    semantic = PlanePredictor(Checkpoint(ThresholdNet(), classes), EngineSettings(device="cpu", precision="float32", backend="torch"))
     assert plan_size(image, layout, semantic, 60) == plan_size(image, layout, semantic, "auto")
     assert not plan_size(image, layout, semantic, 60).rescales
     with pytest.raises(ValueError, match="diameter must be positive"):
