@@ -4,8 +4,9 @@
     python benchmarks/accuracy_3d.py --skip cells3d  # synthetic stacks only
 
 For each stack and method it prints the 3D object F1 at IoU 0.5 (one object per 3D nucleus), the
-mean per-slice F1 (each slice's 2D objects matched on their own), the objects found, seconds and the
-peak resident memory above the start (Linux). Methods:
+mean per-slice F1 (each slice's 2D objects matched on their own), the objects found, seconds, the
+seconds as a multiple of the plain 2D pass (``segment`` without ``stitch_z``, run just before each
+method, so the two share the machine's load) and the peak resident memory above the start (Linux). Methods:
 
 * ``linking``: each XY plane on its own, objects linked to the previous plane (the method before 3D mode);
 * ``consensus``: XY, XZ and YZ planes averaged, 3D watershed, at the stack's own scale (``diameter=None``);
@@ -23,6 +24,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -66,8 +68,16 @@ def measured(run: Callable[[], np.ndarray]) -> tuple[np.ndarray, float, float]:
     return result, seconds, max(0, peak[0] - start_bytes) / 2**20
 
 
+OPTIONS = {"device": "cpu", "precision": "float32"}
+
+
+def plain_pass(stack: np.ndarray) -> np.ndarray:
+    """The plain 2D pass the times are compared with: every XY plane on its own, no 3D ids."""
+    return segment(stack, "nuclei", axes="ZYX", **OPTIONS)
+
+
 def methods(voxel_size: tuple[float, float, float] | None) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
-    options = {"device": "cpu", "precision": "float32"}
+    options = OPTIONS
     return {
         "linking": lambda stack: stitch_slices(segment(stack, "nuclei", axes="ZYX", **options)),
         "consensus": lambda stack: segment(
@@ -107,17 +117,21 @@ def main() -> None:
     capability = torch.backends.cpu.get_cpu_capability()
     print(f"# {platform.processor() or platform.machine()}, CPU capability {capability}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
-    print("| stack | method | 3D F1@0.5 | per-slice F1 | objects (truth) | seconds | peak MiB |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    print("| stack | method | 3D F1@0.5 | per-slice F1 | objects (truth) | seconds | x 2D pass | peak MiB |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     summary: dict[str, list[float]] = {}
-    for name, image, truth, voxel_size in stacks(args.skip):
+    cases = stacks(args.skip)
+    plain_pass(cases[0][1][:2])  # loads the model, so the first stack's times do not include it
+    for name, image, truth, voxel_size in cases:
         for method, run in methods(voxel_size).items():
-            labels, seconds, peak = measured(lambda: run(image))
+            _, plain_seconds, _ = measured(partial(plain_pass, image))
+            labels, seconds, peak = measured(partial(run, image))
             volume = object_matching(labels, truth)
             slices = object_matching(labels, truth, per_slice=True)
             summary.setdefault(f"{name.split(',')[0]} {method}", []).append(volume["f1"])
             print(f"| {name} | {method} | {volume['f1']:.3f} | {slices['f1']:.3f} | "
-                  f"{volume['n_prediction']} ({volume['n_truth']}) | {seconds:.1f} | {peak:.0f} |", flush=True)
+                  f"{volume['n_prediction']} ({volume['n_truth']}) | {seconds:.1f} | {seconds / plain_seconds:.1f} | "
+                  f"{peak:.0f} |", flush=True)
     print()
     for key, values in summary.items():
         print(f"mean 3D F1, {key}: {np.mean(values):.3f}")

@@ -71,3 +71,26 @@ def test_large_objects_are_shrunk_to_the_model_size_small_ones_never_enlarged() 
     assert not plan_volume(None, 25.0, model_diameter=20.0).resamples
     with pytest.raises(ValueError, match="positive"):
         plan_volume((0, 1, 1), None)
+
+
+def counting(network):
+    """``network`` that also records the height and width of every plane it is given."""
+    seen: list[tuple[int, int]] = []
+
+    def run(planes: list[np.ndarray]) -> list[np.ndarray]:
+        seen.extend(plane.shape[-2:] for plane in planes)
+        return network(planes)
+
+    return run, seen
+
+
+def test_a_stretched_stack_runs_its_own_z_planes_and_every_few_side_planes() -> None:
+    z_step = 3.0
+    image = spheres((8, 48, 64), [(4, 24, 20), (4, 24, 42)], radius=10.5, z_step=z_step)
+    network, seen = counting(intensity_network)
+    labels, _ = segment_volume(image, network, no_plane_labels, voxel_size=(z_step, 1, 1), diameter=None)
+    assert sorted(np.unique(labels).tolist()) == [0, 1, 2]
+    assert seen.count((48, 64)) == 8  # the input's 8 Z planes, not 24 interpolated ones
+    side = [shape for shape in seen if shape != (48, 64)]
+    assert set(side) == {(24, 64), (24, 48)}
+    assert len(side) == 9 + 12  # rows 0, 6, ..., 42 and 47; columns 0, 6, ..., 60 and 63 (2 x the Z step)

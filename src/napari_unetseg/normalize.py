@@ -53,11 +53,15 @@ def normalize_plane(plane: np.ndarray, low: float = 1.0, high: float = 99.8) -> 
     docstring). A boolean plane is read as 0/1. Returns ``None`` for a plane with no finite
     values or no contrast, which callers treat as background.
     """
-    data = np.asarray(plane)
-    if data.dtype.kind == "b":
-        data = data.view(np.uint8)
-    finite = np.isfinite(data) if data.dtype.kind == "f" else None
-    sample = data[finite] if finite is not None else data.ravel()
+    levels = percentile_levels(plane, low, high)
+    return None if levels is None else apply_levels(plane, levels)
+
+
+def percentile_levels(values: np.ndarray, low: float = 1.0, high: float = 99.8) -> tuple[float, float] | None:
+    """The values :func:`normalize_plane` maps to 0 and 1: the ``low`` / ``high`` percentiles of the finite
+    values (a regular subsample of huge arrays), rare saturated pixels left out; None without contrast."""
+    data = _as_numbers(values)
+    sample = data[np.isfinite(data)] if data.dtype.kind == "f" else data.ravel()
     if sample.size == 0:
         return None
     if sample.size > _MAX_SAMPLES:
@@ -68,11 +72,23 @@ def normalize_plane(plane: np.ndarray, low: float = 1.0, high: float = 99.8) -> 
         hi = float(sample.max())
         if not hi > lo:
             return None
+    return float(lo), float(hi)
+
+
+def apply_levels(values: np.ndarray, levels: tuple[float, float]) -> np.ndarray:
+    """``values`` with ``levels`` (from :func:`percentile_levels`) mapped to 0 and 1, clipped, NaN/inf -> 0."""
+    data = _as_numbers(values)
+    lo, hi = levels
     out = (data.astype(np.float32) - np.float32(lo)) * np.float32(1.0 / (hi - lo))
     np.clip(out, CLIP_LOW, CLIP_HIGH, out=out)
-    if finite is not None and not finite.all():
-        out[~finite] = 0.0
+    if data.dtype.kind == "f":
+        out[~np.isfinite(data)] = 0.0
     return out
+
+
+def _as_numbers(values: np.ndarray) -> np.ndarray:
+    data = np.asarray(values)
+    return data.view(np.uint8) if data.dtype.kind == "b" else data
 
 
 def _without_rare_saturation(sample: np.ndarray) -> np.ndarray:
