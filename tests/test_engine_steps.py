@@ -130,8 +130,9 @@ def test_3d_objects_report_progress_batch_by_batch_and_stop_when_asked():
     labels = segment(image, _threshold(), device="cpu", stitch_z=True, diameter=None, precision="float32",
                      progress=lambda done, total: seen.append((done, total)))
     assert _objects(labels) == 2
-    assert seen[-1] == (12 + 40 + 40, 12 + 40 + 40)  # XY, XZ and YZ planes through the network
-    assert len(seen) > 10 and [d for d, _ in seen] == sorted(d for d, _ in seen)
+    # XY planes, then XZ and YZ planes every SIDE_STRIDE (2) rows and columns of 40, the last one too
+    assert seen[-1] == (12 + 21 + 21, 12 + 21 + 21)
+    assert len(seen) >= 8 and [d for d, _ in seen] == sorted(d for d, _ in seen)  # batches of up to 8 planes
     with pytest.raises(SegmentationCancelled):
         segment(image, _threshold(), device="cpu", stitch_z=True, diameter=None, precision="float32",
                 should_stop=lambda: True)
