@@ -172,6 +172,30 @@ def test_segment_2d_makes_a_labels_layer_in_the_image_place(qtbot, viewer_widget
     np.testing.assert_array_equal(layer.data, original)
 
 
+def test_shift_s_in_the_viewer_segments_like_the_button(qtbot, viewer_widget, monkeypatch):
+    from napari.utils.key_bindings import coerce_keybinding
+
+    viewer, widget = viewer_widget
+    image, _ = small_2d()
+    viewer.add_image(image, name="cells")
+    threshold_model(widget, monkeypatch)
+    press = viewer.keymap[coerce_keybinding("Shift-S")]
+    press(viewer)
+    wait_idle(qtbot, widget)
+    labels = viewer.layers["cells labels (tiny-instance)"]
+    assert labels.data.max() >= 3 and text(widget.segment.status).startswith("Done: 1 slice")
+    assert "Shift+S" in widget.segment.run_button.tooltip
+    labels.data[:] = 0
+    widget.segment.run_button.enabled = False  # as while a job runs: the key does what a click would, nothing
+    press(viewer)
+    assert not widget.busy() and labels.data.max() == 0
+    widget.segment.run_button.enabled = True
+
+    viewer.window.remove_dock_widget(widget.native)  # closing the panel gives the key back
+    widget.native.deleteLater()
+    qtbot.waitUntil(lambda: coerce_keybinding("Shift-S") not in viewer.keymap, timeout=5000)
+
+
 def test_segment_3d_goes_through_the_slice_in_view_first_and_links_z(qtbot, viewer_widget, monkeypatch):
     viewer, widget = viewer_widget
     image, _ = small_3d()

@@ -14,6 +14,7 @@ from ..engine_settings import EngineSettings
 from ..imaging import image_imaging
 from ._annotate import AnnotatePanel
 from ._finetune import FineTunePanel
+from ._keys import bind_segment_key
 from ._layers import (
     Note,
     OwnedLayers,
@@ -87,7 +88,13 @@ class UNetSegWidget(Container):
             event.connect(handler)
         for layer in viewer.layers:
             layer.events.name.connect(self._layers_changed)
+        self._unbind_segment_key = bind_segment_key(viewer, self._segment_key)
         self.native.destroyed.connect(self._closed)
+
+    def _segment_key(self) -> None:
+        """The Segment shortcut: a click on the Segment button, so nothing while it is disabled (a job runs)."""
+        if self.segment.run_button.enabled:
+            self.segment.run()
 
     def _image_choices(self, _widget: ComboBox | None = None) -> list[tuple[str, Any]]:
         return [(layer.name, layer) for layer in layers_of_type(self.viewer, "Image") if not self.owned.owns(layer)]
@@ -143,6 +150,7 @@ class UNetSegWidget(Container):
             event.disconnect(handler)
         for layer in self.viewer.layers:
             layer.events.name.disconnect(self._layers_changed)
+        self._unbind_segment_key()
         self.session.close()
 
 

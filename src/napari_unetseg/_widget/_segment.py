@@ -19,6 +19,7 @@ from ..engine_settings import EngineSettings
 from ..inference import Z_METHODS, BatchProgress
 from ..provenance import make_record
 from ._jobs import JobFailed, SegmentOutcome, objects_3d_job, segment_job
+from ._keys import SEGMENT_KEY_LABEL
 from ._layers import (
     METADATA_KEY,
     ImageSource,
@@ -89,7 +90,9 @@ class SegmentPanel(Container):
             "voxels); linking: each slice's objects take the id of the object they overlap in the slice before.",
         )
         self.advanced = Container(widgets=[self.batch_size, self.tile_size, self.z_method], visible=False)
-        self.run_button = PushButton(text="Segment")
+        self.run_button = PushButton(
+            text="Segment", tooltip=f"Segment the image with the model ({SEGMENT_KEY_LABEL} in the viewer)"
+        )
         self.cancel_button = PushButton(text="Cancel")
         self.copy_button = PushButton(
             text="Copy command", tooltip="Copy the 'unetseg segment' command that makes the selected result again"
