@@ -2,6 +2,7 @@
 
     python benchmarks/accuracy.py            # needs the team data: ../shared/data (ISBI 2012, cells3d nuclei)
     python benchmarks/accuracy.py --skip em  # only the nuclei part (cells3d nuclei)
+    python benchmarks/accuracy.py --skip em --diameter 0  # ... at the images' own scale (no rescaling)
 
 Without the data it stops with one line saying which file is missing (see ``recipes/team_data.py``).
 
@@ -10,7 +11,8 @@ Without the data it stops with one line saying which file is missing (see ``reci
 * ``nuclei`` on the real cells3d nuclei stack (rough 3D labels, a development check): object F1 at
   IoU 0.5 slice by slice (objects pooled over the slices), over slices 15-44 and over the in-focus
   slices 24-40; the mean number of objects found on the slices with no nuclei (above the cells);
-  and on held-out synthetic planes (those of ``recipes/train_nuclei.py``).
+  and on held-out synthetic planes (those of ``recipes/train_nuclei.py``). ``--diameter`` is
+  ``segment``'s (default auto: planes of large nuclei are shrunk to the model's size first).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import json
 import sys
 from dataclasses import replace
 from pathlib import Path
+
+import time
 
 import numpy as np
 import tifffile
@@ -48,18 +52,20 @@ def em_scores(precision: str) -> dict:
     return rows
 
 
-def nuclei_scores(precision: str) -> dict:
+def nuclei_scores(precision: str, diameter: float | str | None) -> dict:
     from train_nuclei import synthetic_set
 
     image = tifffile.imread(NUCLEI_FILES[0])
     truth = tifffile.imread(NUCLEI_FILES[1])
-    labels = segment(image, "nuclei", device="cpu", precision=precision)
+    start = time.perf_counter()
+    labels = segment(image, "nuclei", device="cpu", precision=precision, diameter=diameter)
+    seconds = time.perf_counter() - start
 
     def f1(planes: slice) -> float:
         return round(object_matching(labels[planes], truth[planes], per_slice=True, thresholds=(0.5,))["f1"], 4)
 
     images, synthetic_truth = synthetic_set(24, seed=10_000)
-    synthetic_labels = segment(images, "nuclei", device="cpu", precision=precision)
+    synthetic_labels = segment(images, "nuclei", device="cpu", precision=precision, diameter=diameter)
     synthetic = object_matching(synthetic_labels, synthetic_truth, per_slice=True)
     empty = [z for z in range(len(truth)) if not truth[z].any()]  # slices above (and below) the cells
     objects_on_empty = [len(np.unique(labels[z])) - 1 for z in empty]
@@ -70,6 +76,7 @@ def nuclei_scores(precision: str) -> dict:
         "cells3d_f1_in_focus_24_40": f1(slice(24, 41)),
         "cells3d_f1_per_slice": {z: f1(slice(z, z + 1)) for z in range(15, 45)},
         "synthetic_f1": round(synthetic["f1"], 4),
+        "cells3d_seconds": round(seconds, 1),
     }
 
 
@@ -77,7 +84,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--skip", nargs="*", default=[], choices=["em", "nuclei"])
     parser.add_argument("--precision", default="auto", help="auto (what users get), float32 (as the recipes score)")
+    parser.add_argument("--diameter", default="auto", help="the nuclei's diameter in pixels, auto (default) or 0: "
+                        "the images' own scale")
+    parser.add_argument("--threads", type=int, help="PyTorch threads (default: PyTorch's)")
     args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    diameter = "auto" if args.diameter == "auto" else (float(args.diameter) or None)
     if "em" not in args.skip:
         require("benchmarks/accuracy.py", *EM_FILES, skip_hint="--skip em leaves the EM part out")
     if "nuclei" not in args.skip:
@@ -86,7 +101,7 @@ def main() -> None:
     if "em" not in args.skip:
         result["em-membranes, ISBI slices 25-29"] = em_scores(args.precision)
     if "nuclei" not in args.skip:
-        result["nuclei"] = nuclei_scores(args.precision)
+        result["nuclei"] = nuclei_scores(args.precision, diameter)
     print(json.dumps(result, indent=1))
 
 

@@ -178,9 +178,14 @@ class _CountingArray:
 
 def test_lazy_arrays_are_read_one_plane_at_a_time():
     lazy = _CountingArray(_blobs((2, 3, 16, 16)))
-    segment(lazy, _checkpoint(), device="cpu")
+    segment(lazy, _checkpoint(), device="cpu", diameter=None)
     assert len(lazy.reads) == 6
     assert all(isinstance(k[0], int) and isinstance(k[1], int) for k in lazy.reads)
+    # measuring the objects' size first reads every plane once more, still one at a time
+    measured = _CountingArray(_blobs((2, 3, 16, 16)))
+    segment(measured, _checkpoint(), device="cpu")
+    assert len(measured.reads) == 12
+    assert all(isinstance(k[0], int) and isinstance(k[1], int) for k in measured.reads)
 
 
 def test_dask_input():

@@ -70,7 +70,7 @@ def test_segment_records_model_parameters_input_and_a_command_that_makes_the_sam
     assert record["input"] == str(cells)
     assert record["parameters"] == {
         "device": "cpu", "precision": "float32", "backend": "torch", "tile_size": 512, "batch_size": 4,
-        "postprocess": "auto", "axes": "YX", "stitch_z": False, "shape": [64, 64],
+        "postprocess": "auto", "axes": "YX", "stitch_z": False, "shape": [64, 64], "diameter": "auto",
     }  # EngineSettings.as_record() and the run's own options
     assert dt.datetime.fromisoformat(record["date"]).tzinfo is not None
     words = shlex.split(record["command"])

@@ -132,6 +132,19 @@ def test_two_workers_give_the_single_process_labels(tmp_path, client, model, sta
     assert 1 <= sum(loads) and max(loads) == 1  # 3 tasks, each worker loaded the model at most once
 
 
+def test_workers_shrink_large_objects_as_one_process_does(tmp_path, client, model):
+    """The client measures the objects' size once; every task rescales its planes by it."""
+    yy, xx = np.mgrid[:192, :192]
+    discs = ((yy - 60) ** 2 + (xx - 60) ** 2 <= 30**2) | ((yy - 130) ** 2 + (xx - 135) ** 2 <= 30**2)
+    stack = np.stack([np.where(discs, 1000, 100)] * 6).astype(np.uint16)  # 60 px objects, 3x the model's
+    expected = segment(stack, model, CPU)
+    unscaled = segment(stack, model, CPU, diameter=None)
+    assert not np.array_equal(expected, unscaled)  # the single process did rescale
+    out = create_labels_zarr(tmp_path / "labels.zarr", expected.shape, expected.dtype)
+    segment_distributed(stack, out, model, client, CPU, planes_per_task=2)
+    np.testing.assert_array_equal(out[:], expected)
+
+
 def test_killed_workers_tasks_are_rerun(tmp_path, client, model):
     image = blob_stack()
     expected = segment(image, model, device="cpu")
@@ -169,7 +182,8 @@ def test_a_worker_out_of_memory_halves_its_batch_and_gives_the_same_labels(tmp_p
     monkeypatch.setattr(PlanePredictor, "probabilities", once_out_of_memory)
     out = create_labels_zarr(tmp_path / "labels.zarr", expected.shape, expected.dtype)
     with Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=":0") as client:
-        segment_distributed(blob_stack(), out, model, client, settings, planes_per_task=8)
+        # diameter None: the client's first pass (diameter "auto") would also meet the fake
+        segment_distributed(blob_stack(), out, model, client, settings, diameter=None, planes_per_task=8)
         assert calls[:2] == [4, 4] and set(calls[2:]) == {2}  # halved, and the run went on
         np.testing.assert_array_equal(out[:], expected)
 
@@ -178,7 +192,7 @@ def test_a_worker_out_of_memory_halves_its_batch_and_gives_the_same_labels(tmp_p
 
         monkeypatch.setattr(PlanePredictor, "probabilities", always)
         with pytest.raises(OutOfMemoryError, match="even with batch size 1"):
-            segment_distributed(blob_stack(), out, model, client, settings.with_changes(tile_size=512))
+            segment_distributed(blob_stack(), out, model, client, settings.with_changes(tile_size=512), diameter=None)
 
 
 def test_segment_on_a_scheduler_from_the_command_line(tmp_path, client, model, stack_store, capsys):

@@ -14,6 +14,23 @@ from napari_unetseg.size import (
 
 from conftest import ThresholdNet, disc_image
 
+CPU = EngineSettings(device="cpu", precision="float32", backend="torch")
+
+
+def _sides_seen(image, diameter) -> tuple[np.ndarray, set[int]]:
+    """Labels of ``image`` from :class:`ThresholdNet`, and the sides of the planes the network was given."""
+    from napari_unetseg.inference import segment
+
+    sides: set[int] = set()
+
+    class SeeingNet(ThresholdNet):  # the engine may copy the network; the set stays this one
+        def forward(self, x):
+            sides.add(int(x.shape[-1]))
+            return super().forward(x)
+
+    labels = segment(image, Checkpoint(SeeingNet(), ModelInfo(mode="instance")), CPU, diameter=diameter)
+    return labels, sides
+
 
 def _discs(size: int, radius: int, centres) -> np.ndarray:
     yy, xx = np.mgrid[:size, :size]
@@ -41,7 +58,7 @@ def test_the_diameter_is_measured_on_the_bright_planes_of_a_stack():
     big = disc_image(_discs(160, 25, [(45, 45), (115, 110)]))
     dim = np.full_like(big, 100)  # out-of-focus planes: nothing to measure there
     stack = np.stack([dim, dim, big, big, dim])
-    predictor = PlanePredictor(Checkpoint(ThresholdNet(), ModelInfo(mode="instance")), EngineSettings(device="cpu", precision="float32", backend="torch"))
+    predictor = PlanePredictor(Checkpoint(ThresholdNet(), ModelInfo(mode="instance")), CPU)
     layout = parse_axes(stack.shape, "ZYX")
     diameter = measure_diameter(stack, layout, predictor.prepare, predictor.probabilities, predictor.labels)
     assert diameter == pytest.approx(50.0, rel=0.1)
@@ -87,14 +104,31 @@ def test_plan_size_measures_instance_models_only_and_refuses_a_bad_diameter():
 
     image = disc_image(_discs(160, 25, [(45, 45), (115, 110)]))
     layout = parse_axes(image.shape, "YX")
-    finder = PlanePredictor(Checkpoint(ThresholdNet(), ModelInfo(mode="instance")), EngineSettings(device="cpu", precision="float32", backend="torch"))
+    finder = PlanePredictor(Checkpoint(ThresholdNet(), ModelInfo(mode="instance")), CPU)
     measured = plan_size(image, layout, finder, "auto")
     assert measured.diameter == pytest.approx(50.0, rel=0.1) and measured.zoom == pytest.approx(20 / measured.diameter)
     assert plan_size(image, layout, finder, 60).zoom == pytest.approx(1 / 3)
     assert not plan_size(image, layout, finder, None).rescales
     classes = ModelInfo(mode="semantic", class_names=["a", "b", "c"])
-    semantic = PlanePredictor(Checkpoint(ThresholdNet(), classes), EngineSettings(device="cpu", precision="float32", backend="torch"))
+    semantic = PlanePredictor(Checkpoint(ThresholdNet(), classes), CPU)
     assert plan_size(image, layout, semantic, 60) == plan_size(image, layout, semantic, "auto")
     assert not plan_size(image, layout, semantic, 60).rescales
     with pytest.raises(ValueError, match="diameter must be positive"):
         plan_size(image, layout, finder, -3)
+
+
+def test_segment_shrinks_planes_of_large_objects_and_gives_labels_at_the_images_scale():
+    from napari_unetseg.metrics import object_matching
+
+    truth = _discs(160, 25, [(45, 45), (115, 110)])
+    image = disc_image(truth)
+    labels, sides = _sides_seen(image, "auto")
+    assert labels.shape == truth.shape and labels.max() == 2
+    assert object_matching(labels, truth, thresholds=(0.9,))["f1"] == 1.0  # both discs, IoU > 0.9
+    # measured at half resolution (80 px), then run shrunk so the 50 px discs are the model's 20 px
+    shrunk = sides - {80}
+    assert 80 in sides and len(shrunk) == 1 and 60 <= shrunk.pop() <= 70  # 160 * 20 / (50 +- 10 %)
+    assert _sides_seen(image, None)[1] == {160}
+    assert _sides_seen(image, 80)[1] == {40}
+    small = disc_image(_discs(160, 8, [(45, 45), (115, 110)]))
+    assert _sides_seen(small, "auto")[1] == {80, 160}  # 16 px objects: measured, then kept at their scale

@@ -45,7 +45,7 @@ def test_3d_objects_give_one_id_per_sphere_in_the_image_place(qtbot, viewer_widg
     image, truth = touching_spheres(z_step)
     viewer.add_image(image, name="stack", scale=(z_step, 0.5, 0.5), translate=(3, 10, 20))
     threshold_model(widget, monkeypatch)
-    assert not widget.segment.stack_options.native.isHidden() and widget.segment.objects_3d.value  # offered, on
+    assert not widget.segment.objects_3d.native.isHidden() and widget.segment.objects_3d.value  # offered, on
     widget.segment.run()
     wait_idle(qtbot, widget)
     layer = viewer.layers["stack labels (tiny-instance)"]
@@ -76,10 +76,11 @@ def test_3d_objects_are_offered_for_z_stacks_only(viewer_widget):
     viewer, widget = viewer_widget
     viewer.add_image(np.zeros((32, 32), np.float32), name="flat")
     widget.image.value = viewer.layers["flat"]
-    assert widget.segment.stack_options.native.isHidden()
+    assert widget.segment.objects_3d.native.isHidden()
+    assert not widget.segment.diameter.native.isHidden()  # the objects' size matters in 2D too
     viewer.add_image(np.zeros((4, 32, 32), np.float32), name="stack")
     widget.image.value = viewer.layers["stack"]
-    assert not widget.segment.stack_options.native.isHidden()
+    assert not widget.segment.objects_3d.native.isHidden()
 
 
 def test_a_given_diameter_is_used_and_recorded(qtbot, viewer_widget, monkeypatch):

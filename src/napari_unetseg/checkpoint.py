@@ -47,7 +47,7 @@ class ModelInfo:
     chosen on held-out data; ``None`` is the plain arg-max.
     ``object_diameter``: instance models only, the typical object diameter (pixels) the model was
     trained on, to which 3D segmentation rescales a stack's objects; ``None``: not recorded (see
-    :data:`~.volume.DEFAULT_MODEL_DIAMETER`).
+    :data:`~.size.DEFAULT_MODEL_DIAMETER`).
     """
 
     mode: str = "instance"

@@ -124,8 +124,9 @@ def add_segment(commands: argparse._SubParsersAction) -> None:
                         help="voxel size along Z, Y and X (any unit) for --stitch-z; default: the size an OME or ImageJ "
                              "TIFF or an OME-Zarr records, else cubic voxels")
     parser.add_argument("--diameter", type=_diameter, default="auto", metavar="PX|auto",
-                        help="object diameter in pixels for --stitch-z: stacks with larger objects are shrunk to the "
-                             "model's size (default auto: measured from a first pass; 0 keeps the stack's scale)")
+                        help="object diameter in pixels (instance models): images whose objects are much larger than "
+                             "the model's are shrunk to its size and the labels resized back (default auto: measured "
+                             "from a first pass over a few planes; 0 keeps the image's scale)")
     parser.add_argument(
         "--measurements", type=Path, metavar="CSV|FOLDER",
         help="also write a table of the objects (see 'unetseg measure'): this .csv for a single input, or "
@@ -185,7 +186,7 @@ def _segment_into(
         print("unetseg: on a cluster, objects are linked plane to plane (--z-method linking)", file=sys.stderr)
     from .distributed import segment_distributed
 
-    segment_distributed(src, out, checkpoint, client, settings, **options)
+    segment_distributed(src, out, checkpoint, client, settings, diameter=args.diameter, **options)
 
 
 def _engine_settings(args: argparse.Namespace) -> EngineSettings:
@@ -214,10 +215,11 @@ def _engine_parameters(
     voxel_size: Sequence[float] | None,
 ) -> dict:
     """The options of one input's segmentation, as recorded in its output's provenance."""
-    parameters = {**settings.as_record(), "axes": layout.axes, "stitch_z": args.stitch_z, "shape": list(shape)}
+    parameters = {**settings.as_record(), "axes": layout.axes, "stitch_z": args.stitch_z, "shape": list(shape),
+                  "diameter": args.diameter}
     if args.stitch_z:  # a cluster links planes whatever was asked (see _segment_into)
         z_method = "linking" if args.scheduler is not None or args.workers is not None else args.z_method
-        parameters.update(z_method=z_method, voxel_size=voxel_size, diameter=args.diameter)
+        parameters.update(z_method=z_method, voxel_size=voxel_size)
     return parameters
 
 

@@ -41,6 +41,7 @@ from .engine_settings import EngineSettings
 from .inference import PlanePredictor, planes_per_batch, predict_with_backoff, resolve_checkpoint, stitch_plane
 from .io import probe_image, read_image
 from .normalize import check_image
+from .size import SizePlan, plan_size, size_for
 
 #: Times dask reruns a task that raised (e.g. on a flaky network file system).
 TASK_RETRIES = 2
@@ -101,8 +102,13 @@ def _open_image(source: Any) -> Any:
     return _open_file(source, stat.st_mtime_ns, stat.st_size)
 
 
-def _segment_task(source: Any, out: Any, axes: str, spec: ModelSpec, planes: list[tuple[int, ...]]) -> list[int]:
+def _segment_task(
+    source: Any, out: Any, axes: str, spec: ModelSpec, planes: list[tuple[int, ...]], diameter: float | None
+) -> list[int]:
     """Segment ``planes`` into ``out``, instance ids from 1 in each plane; return each plane's object count.
+
+    ``diameter`` is the objects' diameter the client measured (None: the image's scale), so that
+    every task rescales the planes alike.
 
     Out of memory, the worker halves its batch and goes on, as one process does
     (:func:`~.inference.predict_with_backoff`); it keeps the smaller batch for its later tasks.
@@ -111,7 +117,7 @@ def _segment_task(source: Any, out: Any, axes: str, spec: ModelSpec, planes: lis
     image = _open_image(source)
     instance = predictor.checkpoint.info.mode == "instance"
     counts = []
-    for results, note in predict_with_backoff(image, AxesLayout(axes), predictor, planes):
+    for results, note in predict_with_backoff(image, AxesLayout(axes), predictor, planes, diameter):
         if note:
             logger.warning(note)
         for plane in results:
@@ -199,6 +205,7 @@ def segment_distributed(
     *,
     axes: str | None = None,
     stitch_z: bool = False,
+    diameter: float | str | None = "auto",
     planes_per_task: int = 8,
     progress: Callable[[int, int], None] | None = None,
 ) -> Any:
@@ -210,7 +217,8 @@ def segment_distributed(
     ``model``: a checkpoint file or built-in model name; each worker loads the file once, from
     the same path, and runs it as ``settings`` say (the device is chosen on the worker). A task
     is a run of about ``planes_per_task`` planes (whole batches);
-    ``progress(done, total)`` counts the planes of finished tasks.
+    ``progress(done, total)`` counts the planes of finished tasks. ``diameter`` as in
+    :func:`~.inference.iter_segment`; ``"auto"`` is measured here, on the client, before the tasks.
     """
     checkpoint = resolve_checkpoint(model)
     if checkpoint.path is None:
@@ -224,7 +232,8 @@ def segment_distributed(
     _check_output(out, out_shape)
     # runs of whole batches, so that workers batch planes as one process does (unless a GPU
     # worker has to shrink its batch to fit its memory, or picks the size itself: None)
-    height, width = out_shape[-2:]
+    size = _client_size(source, layout, checkpoint, settings, diameter)
+    height, width = (max(1, round(n * size.zoom)) for n in out_shape[-2:])  # the planes the network sees
     batch_size, tile_size = settings.batch_size, settings.tile_size
     per_batch = planes_per_batch(checkpoint.model, height, width, batch_size, tile_size) if batch_size else 1
     per_task = per_batch * max(1, -(-planes_per_task // per_batch))
@@ -233,7 +242,7 @@ def segment_distributed(
     path = Path(checkpoint.path).absolute()
     spec = ModelSpec(os.fspath(path), _sha256(path), settings)
     sizes = [len(run) for run in runs]
-    calls = [(source, out, layout.axes, spec, run) for run in runs]
+    calls = [(source, out, layout.axes, spec, run, size.diameter if size.rescales else None) for run in runs]
     run_counts = _run_tasks(client, "segment", _segment_task, calls, sizes, progress)
     if checkpoint.info.mode != "instance":
         return out
@@ -252,6 +261,17 @@ def segment_distributed(
     calls = [(out, run, counts[a:b], offsets[a:b]) for run, a, b in zip(runs, starts, starts[1:])]
     _run_tasks(client, "offset", _offset_task, calls, sizes)
     return out
+
+
+def _client_size(
+    source: Any, layout: AxesLayout, checkpoint: Checkpoint, settings: EngineSettings, diameter: float | str | None
+) -> SizePlan:
+    """How every task rescales the planes: :func:`~.size.plan_size` on the client (a first pass over a few
+    planes, on this machine's CPU, when the diameter is ``"auto"``)."""
+    if diameter != "auto" or checkpoint.info.mode != "instance":
+        return size_for(checkpoint.info, diameter)
+    image = read_image(source) if isinstance(source, str) else source
+    return plan_size(image, layout, PlanePredictor(checkpoint, settings.with_changes(device="cpu")), diameter)
 
 
 def connect(address: str, timeout: float | None = None) -> Client:

@@ -30,6 +30,7 @@ from .options import labels_dtype
 from .postprocess import link_to_previous, probabilities_to_classes, probabilities_to_instances
 from .postprocess_torch import device_labels, resolve_postprocess
 from .precision import buffer_dtype, resolve_precision
+from .size import ZoomedImage, plan_size, resize_labels
 from .tiling import TilePlan, plan_tiles
 
 #: How ``segment(stitch_z=True)`` makes 3D objects: XY/XZ/YZ consensus (:mod:`.volume`) or plane-to-plane linking.
@@ -222,6 +223,7 @@ def iter_segment(
     id_offset: int = 0,
     out: Any = None,
     link_z: bool = False,
+    diameter: float | str | None = "auto",
 ) -> Iterator[BatchProgress]:
     """Segment every 2D plane with ``settings``, yielding a :class:`BatchProgress` after each batch.
 
@@ -234,6 +236,10 @@ def iter_segment(
     written as it is and linked (and yielded again) once it is. On out-of-memory the batch size
     is halved and the run goes on, with a step whose ``note`` says so (:func:`predict_with_backoff`);
     at batch size 1 it raises :class:`~.device.OutOfMemoryError`.
+
+    ``diameter`` (instance models): the objects' diameter in pixels, ``"auto"`` to measure it from a
+    first pass over a few of the planes in ``plane_order``, None to keep the image's scale. Planes with objects much larger
+    than the model's are shrunk before the network and their labels resized back (:mod:`.size`).
 
     ``precision`` ``"auto"`` is float16 on CUDA, bfloat16 on CPUs with native bfloat16 when a
     probe shows it keeps the model's labels (:func:`~.precision.resolve_precision`), else float32;
@@ -251,7 +257,7 @@ def iter_segment(
         raise ValueError("linking objects across Z needs an output array (out=) to read the planes before from")
     writer = None if out is None else _PlaneWriter(out, layout.plane_axes.index("Z") if link else None)
     next_id, done = int(id_offset), 0
-    for results, note in predict_with_backoff(image, layout, predictor, order):
+    for results, note in predict_with_backoff(image, layout, predictor, order, diameter):
         for plane in results:
             if plane.labels.dtype == np.uint32 and plane.labels.size:
                 plane.labels[plane.labels > 0] += np.uint32(next_id)
@@ -261,19 +267,28 @@ def iter_segment(
 
 
 def predict_with_backoff(
-    image: Any, layout: AxesLayout, predictor: PlanePredictor, order: Sequence[tuple[int, ...]]
+    image: Any, layout: AxesLayout, predictor: PlanePredictor, order: Sequence[tuple[int, ...]],
+    diameter: float | str | None = None,
 ) -> Iterator[tuple[list[PlaneResult], str]]:
     """:func:`predict_planes` that halves the batch on out-of-memory and goes on (:func:`halve_batch`).
 
     Yields ``(planes, "")`` per batch, and ``([], note)`` after each halving, the note for people.
     Instance ids start at 1 in every plane. The smaller batch stays with ``predictor``. The
     planes not done yet start again from the first of them, in batches of the new size.
+    ``diameter`` as in :func:`iter_segment`; it is measured (``"auto"``) inside the retry, so a
+    first pass that runs out of memory is retried too.
     """
-    remaining = list(order)
+    remaining, size = list(order), None
+    shape = (image.shape[layout.axes.index("Y")], image.shape[layout.axes.index("X")])
     while remaining:
         try:
-            for results in predict_planes(image, layout, predictor, remaining):
+            if size is None:
+                size = plan_size(image, layout, predictor, diameter, order)
+            source = ZoomedImage(image, layout, size.zoom) if size.rescales else image
+            for results in predict_planes(source, layout, predictor, remaining):
                 remaining = remaining[len(results) :]
+                if size.rescales:  # labels at the image's own scale
+                    results = [PlaneResult(r.index, resize_labels(r.labels, shape)) for r in results]
                 yield results, ""
         except Exception as exc:  # only out-of-memory is retried, with half the batch
             yield [], halve_batch(predictor, exc)
@@ -374,7 +389,9 @@ def segment(
     ``settings`` (:func:`~.engine_settings.settings_with`); another keyword is a TypeError.
 
     ``instance`` models give uint32 object ids unique in the whole result; ``semantic`` models a
-    class map (label k = class k). ``stitch_z`` (instance models) gives one id per 3D object: each
+    class map (label k = class k). Instance models' planes are shrunk first when their objects are
+    much larger than the model's (``diameter`` in pixels, ``"auto"`` to measure it, None to keep
+    the image's scale; :mod:`.size`), and the labels resized back. ``stitch_z`` (instance models) gives one id per 3D object: each
     (Z, Y, X) stack goes through :func:`~.volume.iter_segment_stacks` (XY, XZ and YZ planes, rescaled by
     ``voxel_size`` (Z, Y, X) and the objects' ``diameter`` in pixels, ``"auto"`` to measure it);
     ids are unique in the whole result, 1..N. ``z_method="linking"`` instead links each plane's
@@ -406,7 +423,7 @@ def segment(
         predictor = PlanePredictor(checkpoint, settings)
         steps = iter_segment_stacks(image, layout, predictor, out, voxel_size=voxel_size, diameter=diameter)
     else:
-        steps = iter_segment(image, checkpoint, settings, axes=layout.axes, out=out, link_z=stitch)
+        steps = iter_segment(image, checkpoint, settings, axes=layout.axes, out=out, link_z=stitch, diameter=diameter)
     for step in steps:
         if step.note:
             logger.warning(step.note)

@@ -71,18 +71,19 @@ def segment_command(
             words += [f"--{option.replace('_', '-')}", str(parameters[option])]
     if parameters.get("stitch_z"):
         words += ["--stitch-z", *_volume_options(parameters)]
+    if parameters.get("stitch_z") or "diameter" in parameters:
+        diameter = parameters.get("diameter", "auto")  # None: the image's own scale, written as 0
+        words += ["--diameter", "auto" if diameter == "auto" else f"{float(diameter or 0):g}"]
     return shlex.join(words)
 
 
 def _volume_options(parameters: dict[str, Any]) -> list[str]:
-    """``--z-method``, ``--voxel-size`` and ``--diameter`` of a 3D (``stitch_z``) run, when recorded."""
+    """``--z-method`` and ``--voxel-size`` of a 3D (``stitch_z``) run, when recorded."""
     words = []
     if parameters.get("z_method") is not None:
         words += ["--z-method", str(parameters["z_method"])]
     if parameters.get("voxel_size") is not None:
         words += ["--voxel-size", ",".join(f"{float(v):g}" for v in parameters["voxel_size"])]
-    diameter = parameters.get("diameter", "auto")  # None: the stack's own scale, written as 0
-    words += ["--diameter", "auto" if diameter == "auto" else f"{float(diameter or 0):g}"]
     return words
 
 
@@ -95,8 +96,8 @@ def make_record(
     """The provenance record of a result of ``checkpoint`` with the engine ``parameters``.
 
     ``parameters`` holds the options given to segmentation (``device``, ``precision``,
-    ``backend``, ``tile_size``, ``batch_size``, ``axes``, ``stitch_z``; with ``stitch_z`` also
-    ``z_method``, ``voxel_size`` and ``diameter``) and the image ``shape``.
+    ``backend``, ``tile_size``, ``batch_size``, ``axes``, ``stitch_z``, ``diameter``; with ``stitch_z``
+    also ``z_method`` and ``voxel_size``) and the image ``shape``.
     The checkpoint's sha256 is that of its file (a built-in model's file inside the package);
     None for a checkpoint built in memory. Paths are made absolute so the command works from
     any folder.

@@ -90,15 +90,16 @@ def brightest(planes: Sequence[np.ndarray], count: int = DIAMETER_PLANES) -> lis
 def measure_diameter(
     image: Any, layout: AxesLayout, prepare: Callable[[np.ndarray], np.ndarray | None],
     probabilities: PlaneProbabilities, labels: Callable[[np.ndarray], np.ndarray],
+    planes: Sequence[tuple[int, ...]] | None = None,
 ) -> float | None:
-    """The median diameter (input pixels) of the objects the network finds in the image's brightest
-    planes, seen at :data:`MEASURE_ZOOM`, or None.
+    """The median diameter (input pixels) of the objects the network finds in the brightest of
+    ``planes`` (plane indices; default every plane of the image), seen at :data:`MEASURE_ZOOM`, or None.
 
     ``prepare``, ``probabilities`` and ``labels`` are a :class:`~.inference.PlanePredictor`'s (raw
     ``(C, H, W)`` plane -> input; inputs -> class probabilities; probabilities -> 2D objects).
     """
     plane_shape = tuple(image.shape[layout.axes.index(a)] for a in layout.plane_axes)
-    indices = list(np.ndindex(*plane_shape))
+    indices = list(np.ndindex(*plane_shape)) if planes is None else sorted(set(planes))  # as any order of them
     if len(indices) > CANDIDATE_PLANES:
         indices = [indices[i] for i in np.linspace(0, len(indices) - 1, CANDIDATE_PLANES).round().astype(int)]
     window = tuple(_centre(image.shape[layout.axes.index(a)]) for a in "YX")
@@ -113,20 +114,30 @@ def measure_diameter(
     return None if diameter is None else diameter / MEASURE_ZOOM
 
 
-def plan_size(image: Any, layout: AxesLayout, predictor: Predictor, diameter: float | str | None) -> SizePlan:
+def plan_size(
+    image: Any, layout: AxesLayout, predictor: Predictor, diameter: float | str | None,
+    planes: Sequence[tuple[int, ...]] | None = None,
+) -> SizePlan:
     """How to rescale ``image`` for ``predictor``'s model: ``diameter`` in input pixels, ``"auto"`` to
-    measure it (:func:`measure_diameter`), None to keep the image's scale. Class-map (semantic)
-    models are never rescaled: their classes are textures, not objects of a size.
+    measure it on ``planes`` (the ones to be segmented; default all, :func:`measure_diameter`), None
+    to keep the image's scale (:func:`size_for`).
     """
     info = predictor.checkpoint.info
-    if diameter is None or info.mode != "instance":
+    if diameter == "auto" and info.mode == "instance":
+        diameter = measure_diameter(image, layout, predictor.prepare, predictor.probabilities, predictor.labels,
+                                    planes)
+    return size_for(info, diameter)
+
+
+def size_for(info: Any, diameter: float | str | None) -> SizePlan:
+    """The rescaling for objects of ``diameter`` pixels (None: not known) under a model of ``info``
+    (a :class:`~.checkpoint.ModelInfo`). Class-map (semantic) models are never rescaled: their classes
+    are textures, not objects of a size.
+    """
+    if diameter is None or diameter == "auto" or info.mode != "instance":
         return SizePlan(1.0, None)
-    if diameter == "auto":
-        diameter = measure_diameter(image, layout, predictor.prepare, predictor.probabilities, predictor.labels)
-    elif float(diameter) <= 0:
+    if float(diameter) <= 0:
         raise ValueError(f"the object diameter must be positive (pixels) or 'auto', got {diameter}")
-    if diameter is None:
-        return SizePlan(1.0, None)
     return SizePlan(shrink_factor(float(diameter), model_diameter(info.object_diameter)), float(diameter))
 
 

@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 
 from .axes import AxesLayout, read_plane
+from .size import DEFAULT_MODEL_DIAMETER
 from .volume import (
-    DEFAULT_MODEL_DIAMETER,
     PlaneProbabilities,
     VolumePlan,
     estimate_diameter,

@@ -38,13 +38,8 @@ from .axes import AxesLayout
 from .inference import BatchProgress, PlanePredictor, PlaneResult, halve_batch
 from .normalize import apply_levels, normalize_plane, percentile_levels
 from .postprocess import BACKGROUND, BOUNDARY, INTERIOR, drop_small_objects
+from .size import DEFAULT_MODEL_DIAMETER, brightest, equivalent_diameter, resize_labels, shrink_factor
 
-#: The object diameter (pixels) a model expects when its checkpoint does not say: the middle of the
-#: built-in nuclei model's training sizes (radius 4-30 px, log-uniform), where its 2D F1 is flat (16-30 px).
-DEFAULT_MODEL_DIAMETER = 20.0
-#: Stacks are only shrunk, never enlarged: enlarging small nuclei lowered the F1 (measured on synthetic
-#: nuclei of radius 6: 0.59 -> 0.08 at 2x); and only when the objects are this much larger than the model's size.
-SHRINK_ABOVE = 1.5
 #: Averaged (and smoothed) interior probability that makes a seed; a higher bar than a single plane's
 #: 0.5, because consensus probabilities of glow and of the gaps between nuclei sit around 0.5.
 SEED_THRESHOLD = 0.6
@@ -61,9 +56,6 @@ MIN_SLICES = 2
 #: Measured on the synthetic stacks of benchmarks/accuracy_3d.py: 2 (vs 1) kept the 3D F1 (isotropic mean 0.748
 #: vs 0.745, Z step 3x 0.826 vs 0.811) with a third fewer network pixels on isotropic stacks.
 SIDE_STRIDE = 2
-#: XY planes used by :func:`estimate_diameter` (spread over the stack).
-DIAMETER_PLANES = 6
-
 PlaneProbabilities = Callable[[list[np.ndarray]], list[np.ndarray]]
 
 
@@ -86,9 +78,7 @@ def plan_volume(
     z_step, y_step, x_step = (1.0, 1.0, 1.0) if voxel_size is None else (float(v) for v in voxel_size)
     if min(z_step, y_step, x_step) <= 0:
         raise ValueError(f"voxel sizes must be positive, got {tuple(voxel_size or ())}")
-    xy_zoom = 1.0
-    if diameter is not None and diameter > SHRINK_ABOVE * model_diameter:
-        xy_zoom = model_diameter / diameter
+    xy_zoom = shrink_factor(diameter, model_diameter)
     pixel = min(y_step, x_step)
     zoom = (xy_zoom * z_step / pixel, xy_zoom * y_step / pixel, xy_zoom * x_step / pixel)
     return VolumePlan(zoom, diameter)
@@ -201,23 +191,16 @@ def estimate_diameter(
 ) -> float | None:
     """Median equivalent diameter (pixels) of the objects the network finds in a few XY planes, or None.
 
-    The planes are the :data:`DIAMETER_PLANES` brightest of the stack (in focus, where nuclei
-    are at their full size), each normalised on its own as in 2D segmentation.
+    The planes are the :data:`~.size.DIAMETER_PLANES` brightest of the stack (in focus, where nuclei
+    are at their full size), each normalised on its own as in 2D segmentation and seen at full
+    resolution (a stack's pass is several times a 2D one, so the full-resolution measurement is cheap
+    next to it, and the 3D figures in docs/models.md were measured with it).
     """
-    brightness = np.array([np.percentile(plane, 99) for plane in stack])
-    chosen = sorted(np.argsort(-brightness, kind="stable")[:DIAMETER_PLANES].tolist())
-    prepared = [normalize_plane(stack[z], low, high) for z in chosen]
+    prepared = [normalize_plane(stack[z], low, high) for z in brightest([stack[z] for z in range(len(stack))])]
     ready = [p[np.newaxis] for p in prepared if p is not None]
     if not ready:
         return None
-    areas = []
-    for probabilities in plane_probabilities(ready):
-        sizes = np.bincount(plane_labels(probabilities).ravel())[1:]
-        areas.append(sizes[sizes > 0])
-    found = np.concatenate(areas)
-    if found.size == 0:
-        return None
-    return float(2.0 * np.sqrt(np.median(found) / np.pi))
+    return equivalent_diameter([plane_labels(p) for p in plane_probabilities(ready)])
 
 
 def stack_levels(stack: Any, low: float = 1.0, high: float = 99.8) -> tuple[float, float] | None:
@@ -274,7 +257,7 @@ def iter_segment_volume(
     probabilities = yield from _consensus(planes_xy, volume, plane_probabilities)
     labels = instances_3d(probabilities, plan.zoom[0])
     if labels.shape != stack.shape:
-        labels = _resize_labels(labels, stack.shape)
+        labels = resize_labels(labels, stack.shape)
     return drop_small_objects(labels, 1), plan
 
 
@@ -374,11 +357,3 @@ def _zoom(volume: np.ndarray, zoom: Sequence[float]) -> np.ndarray:
     if all(abs(z - 1.0) <= 1e-3 for z in zoom):
         return volume
     return ndi.zoom(volume, zoom, order=1, grid_mode=True, mode="nearest")
-
-
-def _resize_labels(labels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Nearest-neighbour resize of ``labels`` to ``shape`` (voxel centres mapped onto each other)."""
-    coordinates = [
-        np.minimum(((np.arange(n) + 0.5) * (m / n)).astype(np.intp), m - 1) for n, m in zip(shape, labels.shape)
-    ]
-    return labels[np.ix_(*coordinates)]

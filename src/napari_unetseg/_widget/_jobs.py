@@ -63,15 +63,18 @@ def segment_job(
     order: Sequence[tuple[int, ...]],
     id_offset: int = 0,
     link_z: bool = False,
+    diameter: float | str | None = "auto",
 ) -> Generator[BatchProgress, None, SegmentOutcome | JobFailed]:
     """:func:`~..inference.iter_segment` with ``settings`` over the planes in ``order`` into ``out``, as a job.
 
     Instance ids start after ``id_offset``; ``link_z`` links objects across Z through ``out``
-    (numpy or zarr alike); out of memory, the batch size is halved (steps with a ``note``).
+    (numpy or zarr alike); ``diameter`` rescales planes of large objects (:mod:`..size`); out of
+    memory, the batch size is halved (steps with a ``note``).
     """
     try:
         yield from iter_segment(
-            image, checkpoint, settings, axes=axes, plane_order=order, id_offset=id_offset, out=out, link_z=link_z
+            image, checkpoint, settings, axes=axes, plane_order=order, id_offset=id_offset, out=out, link_z=link_z,
+            diameter=diameter,
         )
     except Exception as exc:  # every failure becomes a message
         return JobFailed(describe_error(exc, "Segmentation"))

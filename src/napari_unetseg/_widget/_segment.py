@@ -76,12 +76,14 @@ class SegmentPanel(Container):
             min=0.0,
             max=10000.0,
             step=1.0,
-            tooltip="The objects' diameter in XY pixels, so the stack is rescaled to the size the model knows; "
-            "auto measures it from a first pass.",
+            tooltip="The objects' diameter in XY pixels (instance models): images whose objects are much larger "
+            "than the model's are shrunk to its size, and the labels resized back; auto measures it from a first "
+            "pass over a few planes.",
         )
         self.diameter.native.setSpecialValueText("auto")  # shown for 0
-        self.stack_options = Container(widgets=[self.objects_3d, self.diameter], layout="horizontal", visible=False)
-        self.stack_options.margins = (0, 0, 0, 0)
+        self.objects_3d.visible = False
+        self.size_options = Container(widgets=[self.objects_3d, self.diameter], layout="horizontal")
+        self.size_options.margins = (0, 0, 0, 0)
         self.z_method = ComboBox(
             label="3D method",
             choices=Z_METHODS,
@@ -105,7 +107,7 @@ class SegmentPanel(Container):
         buttons.margins = (0, 0, 0, 0)
         super().__init__(
             widgets=[
-                self.this_slice, self.stack_options, self.show_advanced, self.advanced, buttons, self.progress,
+                self.this_slice, self.size_options, self.show_advanced, self.advanced, buttons, self.progress,
                 self.status,
             ],
             labels=False,
@@ -132,8 +134,8 @@ class SegmentPanel(Container):
         self.advanced.visible = bool(shown)
 
     def image_changed(self, source: ImageSource | None) -> None:
-        """Offer "3D objects" and the diameter only for images with a Z axis."""
-        self.stack_options.visible = source is not None and "Z" in source.axes
+        """Offer "3D objects" only for images with a Z axis."""
+        self.objects_3d.visible = source is not None and "Z" in source.axes
 
     def run(self, *_: object) -> None:
         """Start segmenting the chosen image (or its plane on screen) with the chosen model."""
@@ -166,20 +168,22 @@ class SegmentPanel(Container):
             notify("info", "This stack is too large to hold in memory for the consensus method, so its objects are "
                    "linked slice to slice instead.")
         engine = session.settings.engine
+        diameter = self.diameter.value or "auto"
         parameters = {
             **engine.as_record(), "axes": source.axes, "stitch_z": three_d, "shape": list(source.data.shape),
-            **({"slice": list(here)} if single else {}),
+            "diameter": diameter, **({"slice": list(here)} if single else {}),
         }
         out = session.owned.output(labels)
         if z_method == "consensus":
-            z_options = {"voxel_size": voxel_size(source), "diameter": self.diameter.value or "auto"}
-            parameters.update(z_method=z_method, **z_options)
-            job = objects_3d_job(source.data, checkpoint, out, engine, axes=source.axes, **z_options)
+            voxels = voxel_size(source)
+            parameters.update(z_method=z_method, voxel_size=voxels)
+            job = objects_3d_job(source.data, checkpoint, out, engine, axes=source.axes, voxel_size=voxels,
+                                 diameter=diameter)
         else:
             parameters.update({"z_method": z_method} if three_d else {})
             job = segment_job(
                 source.data, checkpoint, out, engine, axes=source.axes, order=order, id_offset=id_offset,
-                link_z=three_d,
+                link_z=three_d, diameter=diameter,
             )
         record = make_record(checkpoint, parameters, getattr(layer.source, "path", None))
         labels.metadata[METADATA_KEY] = {**labels.metadata.get(METADATA_KEY, {}), **record}
