@@ -810,22 +810,47 @@ def test_first_segment_on_the_sample_uses_nuclei_and_finds_the_nuclei(qtbot, mak
     assert "last_model: nuclei" in get_plugin_settings("napari-unetseg").config_path.read_text()
 
 
-def test_the_device_and_threads_settings_apply_when_the_panel_opens(make_napari_viewer_proxy, monkeypatch):
-    import torch
-
+def test_the_device_setting_applies_when_the_panel_opens(make_napari_viewer_proxy, monkeypatch):
     viewer = make_napari_viewer_proxy()  # napari discovers the plugin and its settings
     settings = _settings.panel_settings()
-    threads = torch.get_num_threads()
     monkeypatch.setattr(settings, "device", "cpu")
-    monkeypatch.setattr(settings, "threads", 1)
+    widget = UNetSegWidget(viewer)
+    assert widget.device.value == "cpu"
+    monkeypatch.setattr(settings, "device", "cuda:7")  # a device this machine lacks: the best one found
+    assert UNetSegWidget(viewer).device.value == widget.device.choices[0]
+
+
+def test_jobs_run_with_the_threads_setting_else_every_core_but_one_on_larger_machines(qtbot, make_napari_viewer_proxy, monkeypatch):
+    import os
+
+    import torch
+
+    viewer = make_napari_viewer_proxy()
+    settings = _settings.panel_settings()
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(settings, "threads", 0)
+    assert _settings.job_threads() == 7  # one core left to napari
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert _settings.job_threads() == 2  # on two cores a job takes both (measured: no shorter stalls with one)
+    monkeypatch.setattr(settings, "threads", 3)
+    assert _settings.job_threads() == 3
+
+    widget = UNetSegWidget(viewer)
+    seen: list[int] = []
+
+    def job():
+        seen.append(torch.get_num_threads())
+        yield 1
+        return None
+
+    threads = torch.get_num_threads()
     try:
-        widget = UNetSegWidget(viewer)
-        assert widget.device.value == "cpu" and torch.get_num_threads() == 1
+        widget.segment.runner.start(job(), total=1, description="Counting", on_yield=lambda _: None,
+                                    on_return=lambda _: None)
+        qtbot.waitUntil(lambda: not widget.busy(), timeout=WAIT_MS)
     finally:
         torch.set_num_threads(threads)
-    monkeypatch.setattr(settings, "device", "cuda:7")  # a device this machine lacks: the best one found
-    monkeypatch.setattr(settings, "threads", 0)
-    assert UNetSegWidget(viewer).device.value == widget.device.choices[0]
+    assert seen == [3]  # the job ran with the setting's threads
 
 
 def em_like_section() -> np.ndarray:

@@ -27,7 +27,7 @@ from ._measure import MeasurePanel
 from ._models import ModelPicker
 from ._segment import SegmentPanel
 from ._session import PanelSettings, Session
-from ._settings import apply_threads, preferred_device
+from ._settings import preferred_device
 
 if TYPE_CHECKING:
     import napari
@@ -50,7 +50,6 @@ class UNetSegWidget(Container):
         self.image = ComboBox(label="image", choices=self._image_choices)
         self.models = ModelPicker()
         report = explain_devices()
-        apply_threads()
         self.device = ComboBox(label="device", choices=report.devices, value=preferred_device(report.devices))
         self.device_report = Note(value=report.summary(), tooltip="What PyTorch can use on this computer.")
         settings = PanelSettings(EngineSettings(device=self.device.value))

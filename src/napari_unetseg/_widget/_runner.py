@@ -10,6 +10,7 @@ from typing import Any
 from magicgui.widgets import Label, ProgressBar, PushButton
 
 from ._jobs import JobFailed
+from ._settings import job_threads
 
 
 class JobStatus(Enum):
@@ -83,6 +84,10 @@ class JobRunner:
         from napari.utils import progress
 
         def drive() -> Generator[Any, None, Any]:
+            import torch
+
+            # set as each job starts, so a changed setting applies to the next job
+            torch.set_num_threads(job_threads())
             return (yield from job)
 
         self.stopped = False

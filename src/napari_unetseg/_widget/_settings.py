@@ -7,6 +7,7 @@ setting reads as its default and nothing is saved.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -43,11 +44,14 @@ def preferred_device(available: Sequence[str]) -> str:
     return wanted if wanted in available else available[0]
 
 
-def apply_threads() -> None:
-    """Give PyTorch the number of CPU threads the setting asks for (0: PyTorch's own choice)."""
+def job_threads() -> int:
+    """CPU threads PyTorch gets in a panel job: the setting, or (0) every core but one, left to napari,
+    on machines with more than two cores (every core on one or two).
+
+    On two cores, leaving one to napari made fine-tuning 26 % slower and did not shorten napari's
+    stalls (docs/benchmarks.md, *Responsiveness*); on more, a core costs a job less.
+    """
     settings = panel_settings()
     threads = int(settings.threads) if settings is not None else 0
-    if threads > 0:
-        import torch
-
-        torch.set_num_threads(threads)
+    cores = os.cpu_count() or 1
+    return threads if threads > 0 else (cores - 1 if cores > 2 else cores)
