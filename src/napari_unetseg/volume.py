@@ -38,7 +38,14 @@ from .axes import AxesLayout
 from .inference import BatchProgress, PlanePredictor, PlaneResult, halve_batch
 from .normalize import apply_levels, normalize_plane, percentile_levels
 from .postprocess import BACKGROUND, BOUNDARY, INTERIOR, drop_small_objects
-from .size import DEFAULT_MODEL_DIAMETER, brightest, equivalent_diameter, resize_labels, shrink_factor
+from .size import (
+    DEFAULT_MODEL_DIAMETER,
+    PlaneProbabilities,
+    brightest,
+    equivalent_diameter,
+    resize_labels,
+    shrink_factor,
+)
 
 #: Averaged (and smoothed) interior probability that makes a seed; a higher bar than a single plane's
 #: 0.5, because consensus probabilities of glow and of the gaps between nuclei sit around 0.5.
@@ -56,8 +63,6 @@ MIN_SLICES = 2
 #: Measured on the synthetic stacks of benchmarks/accuracy_3d.py: 2 (vs 1) kept the 3D F1 (isotropic mean 0.748
 #: vs 0.745, Z step 3x 0.826 vs 0.811) with a third fewer network pixels on isotropic stacks.
 SIDE_STRIDE = 2
-PlaneProbabilities = Callable[[list[np.ndarray]], list[np.ndarray]]
-
 
 @dataclass(frozen=True)
 class VolumePlan:
