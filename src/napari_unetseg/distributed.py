@@ -41,7 +41,7 @@ from .engine_settings import EngineSettings
 from .inference import PlanePredictor, planes_per_batch, predict_with_backoff, resolve_checkpoint, stitch_plane
 from .io import probe_image, read_image
 from .normalize import check_image
-from .size import SizePlan, plan_size, size_for
+from .size import SizePlan, plan_size, size_for, zoomed_length
 
 #: Times dask reruns a task that raised (e.g. on a flaky network file system).
 TASK_RETRIES = 2
@@ -233,7 +233,7 @@ def segment_distributed(
     # runs of whole batches, so that workers batch planes as one process does (unless a GPU
     # worker has to shrink its batch to fit its memory, or picks the size itself: None)
     size = _client_size(source, layout, checkpoint, settings, diameter)
-    height, width = (max(1, round(n * size.zoom)) for n in out_shape[-2:])  # the planes the network sees
+    height, width = (zoomed_length(n, size.zoom) for n in out_shape[-2:])  # the planes the network sees
     batch_size, tile_size = settings.batch_size, settings.tile_size
     per_batch = planes_per_batch(checkpoint.model, height, width, batch_size, tile_size) if batch_size else 1
     per_task = per_batch * max(1, -(-planes_per_task // per_batch))

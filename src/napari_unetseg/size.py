@@ -146,6 +146,11 @@ def _centre(length: int) -> slice:
     return slice(start, start + min(length, MEASURE_WINDOW))
 
 
+def zoomed_length(length: int, zoom: float) -> int:
+    """The length of an axis of ``length`` pixels rescaled by ``zoom`` (at least 1)."""
+    return max(1, round(length * zoom))
+
+
 class ZoomedImage:
     """``image`` seen with its Y and X axes rescaled by ``zoom`` (linear interpolation), plane by plane.
 
@@ -154,9 +159,7 @@ class ZoomedImage:
 
     def __init__(self, image: Any, layout: AxesLayout, zoom: float) -> None:
         self._image, self._axes = image, layout.axes
-        self.shape = tuple(
-            max(1, round(n * zoom)) if a in "YX" else int(n) for n, a in zip(image.shape, layout.axes)
-        )
+        self.shape = tuple(zoomed_length(n, zoom) if a in "YX" else int(n) for n, a in zip(image.shape, layout.axes))
         self.ndim, self.dtype = len(self.shape), np.dtype(np.float32)
 
     def __getitem__(self, selector: tuple[Any, ...]) -> np.ndarray:
