@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from napari_unetseg.postprocess import BACKGROUND, BOUNDARY, INTERIOR
-from napari_unetseg.volume import plan_volume, segment_volume
+from napari_unetseg.volume import labels_at_input, plan_volume, segment_volume
 
 
 def intensity_network(planes: list[np.ndarray]) -> list[np.ndarray]:
@@ -93,4 +93,17 @@ def test_a_stretched_stack_runs_its_own_z_planes_and_every_few_side_planes() -> 
     assert seen.count((48, 64)) == 8  # the input's 8 Z planes, not 24 interpolated ones
     side = [shape for shape in seen if shape != (48, 64)]
     assert set(side) == {(24, 64), (24, 48)}
-    assert len(side) == 9 + 12  # rows 0, 6, ..., 42 and 47; columns 0, 6, ..., 60 and 63 (2 x the Z step)
+    # every 5th row and column (2 x the Z step is 6, but at most a quarter of the model's 20 px objects),
+    # and the last: rows 0, 5, ..., 45 and 47; columns 0, 5, ..., 60 and 63
+    assert len(side) == 11 + 14
+
+
+def test_labels_come_back_to_the_input_planes_symmetrically() -> None:
+    # an object on planes 3..12 of a volume stretched 2x along Z, centred on input Z 3.5: the input planes'
+    # centres (volume Z 0.5, 2.5, ..., 14.5) cover it on planes 2..5, as many below its centre as above
+    labels = np.zeros((16, 4, 4), np.uint32)
+    labels[3:13] = 7
+    background = np.where(labels > 0, 0.2, 0.9).astype(np.float32)
+    back = labels_at_input(labels, background, (8, 4, 4))
+    assert [int(plane.max()) for plane in back] == [0, 0, 7, 7, 7, 7, 0, 0]
+    assert labels_at_input(labels, background, (16, 2, 2)).shape == (16, 2, 2)  # same depth: XY resized only

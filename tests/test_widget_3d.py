@@ -53,9 +53,7 @@ def test_3d_objects_give_one_id_per_sphere_in_the_image_place(qtbot, viewer_widg
     assert np.unique(labels).tolist() == [0, 1, 2]  # two 3D objects, ids 1..N
     for label in (1, 2):  # each sphere is one of them, nearly whole
         ids, counts = np.unique(labels[truth == label], return_counts=True)
-        # at a Z step of 2 the labels come back from the rescaled stack by taking the later of the two planes
-        # nearest each input plane, which shifts the caps by a quarter plane (measured 92.7 % of each sphere)
-        assert ids[np.argmax(counts)] > 0 and counts.max() >= 0.9 * np.count_nonzero(truth == label)
+        assert ids[np.argmax(counts)] > 0 and counts.max() >= 0.95 * np.count_nonzero(truth == label)
     assert tuple(layer.scale) == (z_step, 0.5, 0.5) and tuple(layer.translate) == (3, 10, 20)
     assert "2 3D objects" in text(widget.segment.status)
     parameters = layer.metadata[METADATA_KEY]["parameters"]
