@@ -82,7 +82,7 @@ def in_slabs(image, model: Path, out: Path, batch_size: int, memory_budget: int)
     """3D objects of ``image`` (the consensus method, in Z-slabs of ``memory_budget`` bytes) into ``out``."""
     from napari_unetseg.axes import parse_axes
     from napari_unetseg.inference import PlanePredictor, resolve_checkpoint
-    from napari_unetseg.volume import iter_segment_stacks
+    from napari_unetseg.slabs import iter_segment_stacks
 
     labels = create_labels_zarr(out, image.shape, np.uint32)
     predictor = PlanePredictor(resolve_checkpoint(model), "cpu", batch_size)

@@ -392,7 +392,7 @@ def segment(
     class map (label k = class k). Instance models' planes are shrunk first when their objects are
     much larger than the model's (``diameter`` in pixels, ``"auto"`` to measure it, None to keep
     the image's scale; :mod:`.size`), and the labels resized back. ``stitch_z`` (instance models) gives one id per 3D object: each
-    (Z, Y, X) stack goes through :func:`~.volume.iter_segment_stacks` (XY, XZ and YZ planes, rescaled by
+    (Z, Y, X) stack goes through :func:`~.slabs.iter_segment_stacks` (XY, XZ and YZ planes, rescaled by
     ``voxel_size`` (Z, Y, X) and the objects' ``diameter`` in pixels, ``"auto"`` to measure it);
     ids are unique in the whole result, 1..N. ``z_method="linking"`` instead links each plane's
     objects to the plane before, as the cluster path does (:mod:`.distributed`). ``progress(done,
@@ -418,7 +418,7 @@ def segment(
         raise ValueError(f"z_method must be one of {', '.join(Z_METHODS)}, got {z_method!r}")
     stitch = stitch_z and "Z" in layout.plane_axes and checkpoint.info.mode == "instance"
     if stitch and z_method == "consensus":
-        from .volume import iter_segment_stacks  # local: volume builds on this module
+        from .slabs import iter_segment_stacks  # local: slabs builds on this module
 
         predictor = PlanePredictor(checkpoint, settings)
         steps = iter_segment_stacks(image, layout, predictor, out, voxel_size=voxel_size, diameter=diameter)

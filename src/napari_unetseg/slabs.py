@@ -16,13 +16,15 @@ within :func:`~.metrics.agreement`'s bar (tested in tests/test_slabs.py).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
 
 from .axes import AxesLayout, read_plane
+from .inference import BatchProgress, PlanePredictor, PlaneResult, halve_batch
 from .size import DEFAULT_MODEL_DIAMETER
 from .volume import (
     PlaneProbabilities,
@@ -92,62 +94,80 @@ def slab_layout(shape: Sequence[int], plan: VolumePlan, model_diameter: float, m
     return min(core, depth), overlap
 
 
-def iter_segment_slabs(
+@dataclass(frozen=True)
+class StackPlan:
+    """How one stack is segmented slab by slab: its resampling, its slabs, and what every slab's
+    consensus is given (:func:`~.volume.iter_segment_volume`'s options, with the whole stack's levels)."""
+
+    volume: VolumePlan
+    slabs: tuple[Slab, ...]
+    overlap: int
+    options: dict[str, Any]
+
+    @property
+    def match_planes(self) -> int:
+        """Planes next to a slab boundary on which objects are matched: the half of the overlap next to the core."""
+        return max(1, self.overlap // 2)
+
+
+@dataclass(frozen=True)
+class SlabEdges:
+    """What numbering a slab's objects needs of it (small next to its labels): the ids in its core, its
+    labels on the planes just before the core and its core's last planes (up to ``match_planes`` each)."""
+
+    ids: np.ndarray
+    head: np.ndarray
+    tail: np.ndarray
+
+
+def plan_stack(
     planes: Any,
     plane_probabilities: PlaneProbabilities,
     plane_labels: Callable[[np.ndarray], np.ndarray],
-    write: PlaneWriter,
     *,
     voxel_size: Sequence[float] | None = None,
     diameter: float | str | None = "auto",
     model_diameter: float = DEFAULT_MODEL_DIAMETER,
     normalization: tuple[float, float] = (1.0, 99.8),
     memory_budget: int = SLAB_BUDGET_BYTES,
-) -> Generator[tuple[int, int], None, tuple[int, VolumePlan]]:
-    """3D objects of the stack ``planes`` (``len`` and ``planes[z]``, e.g. :class:`StackPlanes` or an array),
-    slab by slab, handed to ``write``; returns ``(objects, plan)``.
-
-    Yields ``(network planes done, planes in all)`` (the total estimated from the first slab). The
-    other arguments are :func:`~.volume.iter_segment_volume`'s.
-    """
+) -> StackPlan:
+    """The :class:`StackPlan` of the stack ``planes`` (``len`` and ``planes[z]``): the object size (measured
+    when ``"auto"``) and the normalisation levels are measured once here, on the whole stack."""
     low, high = normalization
     if diameter == "auto":
         diameter = estimate_diameter(planes, plane_probabilities, plane_labels, low, high)
     size = None if diameter is None else float(diameter)
-    plan = plan_volume(voxel_size, size, model_diameter)
+    volume = plan_volume(voxel_size, size, model_diameter)
     depth = len(planes)
-    shape = (depth, *np.shape(planes[0]))
-    core, overlap = slab_layout(shape, plan, model_diameter, memory_budget)
+    core, overlap = slab_layout((depth, *np.shape(planes[0])), volume, model_diameter, memory_budget)
     options = {"voxel_size": voxel_size, "diameter": size, "model_diameter": model_diameter,
                "normalization": normalization, "levels": stack_levels(planes, low, high)}
-    slabs = plan_slabs(depth, core, overlap)
-    done, objects, tail = 0, 0, np.zeros((0, *shape[1:]), np.uint32)
-    for count, slab in enumerate(slabs):
-        stack = np.stack([np.asarray(planes[z], np.float32) for z in range(slab.start, slab.stop)])
-        steps = iter_segment_volume(stack, plane_probabilities, plane_labels, **options)
-        while True:
-            try:
-                slab_done, slab_total = next(steps)
-            except StopIteration as end:
-                labels = end.value[0]
-                break
-            yield done + slab_done, done + slab_total * (len(slabs) - count)
-        done += slab_total
-        core_labels = labels[slab.core_start - slab.start : slab.core_stop - slab.start]
-        near = min(len(tail), slab.core_start - slab.start, max(1, overlap // 2))  # planes matched: the half of
-        head = labels[slab.core_start - slab.start - near : slab.core_start - slab.start]  # the overlap next to the core
-        mapping, objects = _global_ids(core_labels, head, tail[len(tail) - near :], objects)
-        kept = mapping[core_labels]
-        write(slab.core_start, kept)
-        tail = kept[max(0, len(kept) - overlap) :]
-    return objects, plan
+    return StackPlan(volume, tuple(plan_slabs(depth, core, overlap)), overlap, options)
 
 
-def _global_ids(core: np.ndarray, head: np.ndarray, tail: np.ndarray, objects: int) -> tuple[np.ndarray, int]:
-    """A lookup from a slab's ids to the stack's, and the objects so far: ids of ``core`` that overlap an
-    object of ``tail`` (the slab before's final labels on the planes of ``head``) with IoU above
-    :data:`MATCH_IOU` take its id, the others new ids after ``objects`` in order."""
-    top = int(max(core.max(initial=0), head.max(initial=0)))
+def iter_segment_slab(
+    planes: Any, slab: Slab, plan: StackPlan, plane_probabilities: PlaneProbabilities,
+    plane_labels: Callable[[np.ndarray], np.ndarray],
+) -> Generator[tuple[int, int], None, tuple[np.ndarray, SlabEdges]]:
+    """One slab of ``planes`` segmented as a stack of its own: yields ``(network planes done, in all)`` and
+    returns its core's labels (the slab's own ids) and its :class:`SlabEdges`."""
+    stack = np.stack([np.asarray(planes[z], np.float32) for z in range(slab.start, slab.stop)])
+    labels, _ = yield from iter_segment_volume(stack, plane_probabilities, plane_labels, **plan.options)
+    core_start, core_stop = slab.core_start - slab.start, slab.core_stop - slab.start
+    near = min(plan.match_planes, core_start)
+    core = labels[core_start:core_stop]
+    edges = SlabEdges(np.unique(core[core > 0]), labels[core_start - near : core_start].copy(),
+                      core[max(0, len(core) - plan.match_planes) :].copy())
+    return core, edges
+
+
+def number_slab(edges: SlabEdges, tail_before: np.ndarray, objects: int) -> tuple[np.ndarray, int]:
+    """A lookup from a slab's ids to the stack's, and the objects so far: a core object that overlaps an
+    object of ``tail_before`` (the slab before's final labels on its core's last planes) near the boundary
+    with IoU above :data:`MATCH_IOU` takes its id; the others get new ids after ``objects``, in order."""
+    near = min(len(edges.head), len(tail_before))
+    head, tail = edges.head[len(edges.head) - near :], tail_before[len(tail_before) - near :]
+    top = int(max(edges.ids.max(initial=0), head.max(initial=0)))
     mapping = np.zeros(top + 1, np.uint32)
     matched: dict[int, int] = {}
     if head.size and tail.size:
@@ -158,10 +178,129 @@ def _global_ids(core: np.ndarray, head: np.ndarray, tail: np.ndarray, objects: i
         for (mine, other), common in zip(pairs.T.tolist(), shared.tolist()):
             if common / (ours[mine] + theirs[other] - common) > MATCH_IOU:
                 matched[mine] = other
-    for label in np.unique(core[core > 0]).tolist():
+    for label in edges.ids.tolist():
         if label in matched:
             mapping[label] = matched[label]
         else:
             objects += 1
             mapping[label] = objects
     return mapping, objects
+
+
+def iter_segment_slabs(
+    planes: Any,
+    plane_probabilities: PlaneProbabilities,
+    plane_labels: Callable[[np.ndarray], np.ndarray],
+    write: PlaneWriter,
+    **options: Any,
+) -> Generator[tuple[int, int], None, tuple[int, VolumePlan]]:
+    """3D objects of the stack ``planes`` (``len`` and ``planes[z]``, e.g. :class:`StackPlanes` or an array),
+    slab by slab, handed to ``write``; returns ``(objects, plan)``.
+
+    Yields ``(network planes done, planes in all)`` (the total estimated from the first slab).
+    ``options`` are :func:`plan_stack`'s.
+    """
+    plan = plan_stack(planes, plane_probabilities, plane_labels, **options)
+    done, objects = 0, 0
+    tail = np.zeros((0, *np.shape(planes[0])), np.uint32)
+    for count, slab in enumerate(plan.slabs):
+        steps = iter_segment_slab(planes, slab, plan, plane_probabilities, plane_labels)
+        while True:
+            try:
+                slab_done, slab_total = next(steps)
+            except StopIteration as end:
+                core, edges = end.value
+                break
+            yield done + slab_done, done + slab_total * (len(plan.slabs) - count)
+        done += slab_total
+        mapping, objects = number_slab(edges, tail, objects)
+        write(slab.core_start, mapping[core])
+        tail = mapping[edges.tail]
+    return objects, plan.volume
+
+
+def iter_segment_stacks(
+    image: Any, layout: AxesLayout, predictor: PlanePredictor, out: Any, *,
+    voxel_size: Sequence[float] | None = None, diameter: float | str | None = "auto", id_offset: int = 0,
+    memory_budget: int | None = None,
+) -> Iterator[BatchProgress]:
+    """3D objects of each (Z, Y, X) stack of ``image`` (one per T index) into ``out``, ids continuing from
+    stack to stack after ``id_offset``.
+
+    Stacks are read a plane at a time and segmented in Z-slabs when their consensus would take more than
+    ``memory_budget`` bytes (default :data:`SLAB_BUDGET_BYTES`). Yields after
+    each network batch (``done`` / ``total`` count network planes; the total of later stacks is estimated
+    from the first) and, as planes are written, with those planes.
+    """
+    options = stack_options(predictor, voxel_size, diameter, memory_budget)
+    stacks = stack_indices(image.shape, layout)
+    depth = len(stacks[0])
+    next_id, before, total = int(id_offset), 0, 3 * depth  # total: network planes per stack (known after the first)
+    z_axis = layout.plane_axes.index("Z")
+    for count, indices in enumerate(stacks):
+        written: list[PlaneResult] = []
+        write = partial(_write_planes, out, z_axis, indices, next_id, written)
+        objects = None
+        while objects is None:  # again with half the batch after running out of memory
+            steps = iter_segment_slabs(StackPlanes(image, layout, indices), predictor.probabilities,
+                                       predictor.labels, write, **options)
+            try:
+                objects, total = yield from _as_progress(steps, before, len(stacks) - count, written)
+            except Exception as exc:
+                written.clear()
+                yield BatchProgress(before, before + total * (len(stacks) - count), [], halve_batch(predictor, exc))
+        before += total
+        next_id += objects
+        yield BatchProgress(before, before + total * (len(stacks) - count - 1), written[:])
+
+
+def stack_options(
+    predictor: PlanePredictor, voxel_size: Sequence[float] | None, diameter: float | str | None,
+    memory_budget: int | None = None,
+) -> dict[str, Any]:
+    """:func:`plan_stack`'s options for ``predictor``'s model (its object size and normalisation)."""
+    if predictor.network.in_channels != 1:
+        raise ValueError("3D objects need a model with one input channel; use z_method='linking'")
+    info = predictor.checkpoint.info
+    return {
+        "voxel_size": voxel_size, "diameter": diameter, "model_diameter": info.object_diameter or DEFAULT_MODEL_DIAMETER,
+        "normalization": (info.normalization.get("low", 1.0), info.normalization.get("high", 99.8)),
+        "memory_budget": SLAB_BUDGET_BYTES if memory_budget is None else int(memory_budget),
+    }
+
+
+def stack_indices(shape: Sequence[int], layout: AxesLayout) -> list[list[tuple[int, ...]]]:
+    """The plane indices of each (Z, Y, X) stack of an image of ``shape`` (one stack per T index), Z in order."""
+    z_axis = layout.plane_axes.index("Z")
+    lead_shape = tuple(shape[layout.axes.index(a)] for a in layout.plane_axes if a != "Z")
+    depth = shape[layout.axes.index("Z")]
+    return [[lead[:z_axis] + (z,) + lead[z_axis:] for z in range(depth)] for lead in np.ndindex(*lead_shape)]
+
+
+def _write_planes(
+    out: Any, z_axis: int, indices: list[tuple[int, ...]], id_offset: int, written: list[PlaneResult],
+    start: int, labels: np.ndarray,
+) -> None:
+    """Planes ``start, start + 1, ...`` of one stack (``indices``) into ``out``, ids after ``id_offset``;
+    noted in ``written``."""
+    labels = labels + np.uint32(id_offset) * (labels > 0).astype(np.uint32)
+    index = indices[start]
+    out[index[:z_axis] + (slice(start, start + len(labels)),) + index[z_axis + 1 :]] = labels
+    written.extend(PlaneResult(indices[start + z], plane) for z, plane in enumerate(labels))
+
+
+def _as_progress(
+    steps: Generator[tuple[int, int], None, tuple[int, VolumePlan]], before: int, stacks_left: int,
+    written: list[PlaneResult],
+) -> Generator[BatchProgress, None, tuple[int, int]]:
+    """:func:`iter_segment_slabs`'s steps as :class:`BatchProgress` after ``before`` planes, with the
+    planes ``written`` since the last step; returns the stack's objects and the network planes it took."""
+    total = 0
+    while True:
+        try:
+            done, total = next(steps)
+        except StopIteration as end:
+            return end.value[0], total
+        planes = written[:]
+        written.clear()
+        yield BatchProgress(before + done, before + total * stacks_left, planes)

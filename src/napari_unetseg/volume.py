@@ -19,23 +19,20 @@ keeps every out-of-focus fragment as an object of its own and chains packed nucl
    smaller than :data:`RELATIVE_MIN_VOLUME` of the median volume, or spanning fewer than
    :data:`MIN_SLICES` slices, are dropped and the rest numbered 1..N.
 
-The labels are resized back to the stack's shape. The whole stack is held in memory (float32
+The labels are brought back to the stack's shape (:func:`labels_at_input`). The whole stack is held in memory (float32
 probabilities of the rescaled stack, three classes).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.segmentation import watershed
 
-from .axes import AxesLayout
-from .inference import BatchProgress, PlanePredictor, PlaneResult, halve_batch
 from .normalize import apply_levels, normalize_plane, percentile_levels
 from .postprocess import BACKGROUND, BOUNDARY, INTERIOR, drop_small_objects
 from .size import (
@@ -311,84 +308,6 @@ def segment_volume(
             next(steps)
         except StopIteration as end:
             return end.value
-
-
-def iter_segment_stacks(
-    image: Any, layout: AxesLayout, predictor: PlanePredictor, out: Any, *,
-    voxel_size: Sequence[float] | None = None, diameter: float | str | None = "auto", id_offset: int = 0,
-    memory_budget: int | None = None,
-) -> Iterator[BatchProgress]:
-    """3D objects of each (Z, Y, X) stack of ``image`` (one per T index) into ``out``, ids continuing from
-    stack to stack after ``id_offset``.
-
-    Stacks are read a plane at a time and segmented in Z-slabs when their consensus would take more than
-    ``memory_budget`` bytes (default :data:`~.slabs.SLAB_BUDGET_BYTES`; see :mod:`.slabs`). Yields after
-    each network batch (``done`` / ``total`` count network planes; the total of later stacks is estimated
-    from the first) and, as planes are written, with those planes.
-    """
-    from .slabs import (  # local: slabs builds on this module
-        SLAB_BUDGET_BYTES,
-        StackPlanes,
-        iter_segment_slabs,
-    )
-
-    if predictor.network.in_channels != 1:
-        raise ValueError("3D objects need a model with one input channel; use z_method='linking'")
-    info = predictor.checkpoint.info
-    options = {
-        "voxel_size": voxel_size, "diameter": diameter, "model_diameter": info.object_diameter or DEFAULT_MODEL_DIAMETER,
-        "normalization": (info.normalization.get("low", 1.0), info.normalization.get("high", 99.8)),
-        "memory_budget": SLAB_BUDGET_BYTES if memory_budget is None else int(memory_budget),
-    }
-    z_axis = layout.plane_axes.index("Z")
-    lead_shape = tuple(image.shape[layout.axes.index(a)] for a in layout.plane_axes if a != "Z")
-    depth, stacks = image.shape[layout.axes.index("Z")], max(1, int(np.prod(lead_shape)))
-    next_id, before, total = int(id_offset), 0, 3 * depth  # total: network planes per stack (known after the first)
-    for count, lead in enumerate(np.ndindex(*lead_shape)):
-        indices = [lead[:z_axis] + (z,) + lead[z_axis:] for z in range(depth)]
-        written: list[PlaneResult] = []
-        write = partial(_write_planes, out, z_axis, indices, next_id, written)
-        objects = None
-        while objects is None:  # again with half the batch after running out of memory
-            steps = iter_segment_slabs(StackPlanes(image, layout, indices), predictor.probabilities,
-                                       predictor.labels, write, **options)
-            try:
-                objects, total = yield from _as_progress(steps, before, stacks - count, written)
-            except Exception as exc:
-                written.clear()
-                yield BatchProgress(before, before + total * (stacks - count), [], halve_batch(predictor, exc))
-        before += total
-        next_id += objects
-        yield BatchProgress(before, before + total * (stacks - count - 1), written[:])
-
-
-def _write_planes(
-    out: Any, z_axis: int, indices: list[tuple[int, ...]], id_offset: int, written: list[PlaneResult],
-    start: int, labels: np.ndarray,
-) -> None:
-    """Planes ``start, start + 1, ...`` of one stack (``indices``) into ``out``, ids after ``id_offset``;
-    noted in ``written``."""
-    labels = labels + np.uint32(id_offset) * (labels > 0).astype(np.uint32)
-    index = indices[start]
-    out[index[:z_axis] + (slice(start, start + len(labels)),) + index[z_axis + 1 :]] = labels
-    written.extend(PlaneResult(indices[start + z], plane) for z, plane in enumerate(labels))
-
-
-def _as_progress(
-    steps: Generator[tuple[int, int], None, tuple[int, VolumePlan]], before: int, stacks_left: int,
-    written: list[PlaneResult],
-) -> Generator[BatchProgress, None, tuple[int, int]]:
-    """:func:`~.slabs.iter_segment_slabs`'s steps as :class:`BatchProgress` after ``before`` planes, with the
-    planes ``written`` since the last step; returns the stack's objects and the network planes it took."""
-    total = 0
-    while True:
-        try:
-            done, total = next(steps)
-        except StopIteration as end:
-            return end.value[0], total
-        planes = written[:]
-        written.clear()
-        yield BatchProgress(before + done, before + total * stacks_left, planes)
 
 
 def _zoom(volume: np.ndarray, zoom: Sequence[float]) -> np.ndarray:

@@ -26,7 +26,7 @@ from ..metrics import object_changes
 from ..precision import CHANGING_WEIGHTS_BACKEND, PREVIEW_PRECISION
 from ..training import Trainer, TrainProgress, TrainResult
 from ..uncertainty import UncertaintyProgress, iter_uncertainty
-from ..volume import iter_segment_stacks
+from ..slabs import iter_segment_stacks
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ def objects_3d_job(
     voxel_size: Sequence[float] | None,
     diameter: float | str | None,
 ) -> Generator[BatchProgress, None, SegmentOutcome | JobFailed]:
-    """One id per 3D object of each (Z, Y, X) stack into ``out``: :func:`~..volume.iter_segment_stacks` as a job."""
+    """One id per 3D object of each (Z, Y, X) stack into ``out``: :func:`~..slabs.iter_segment_stacks` as a job."""
     try:
         predictor = PlanePredictor(checkpoint, settings)
         yield from iter_segment_stacks(image, AxesLayout(axes), predictor, out, voxel_size=voxel_size, diameter=diameter)
