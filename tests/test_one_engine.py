@@ -1,7 +1,8 @@
 """One engine: the API, the command line, the cluster and the widget's Segment button give the same labels.
 
 The same small stack, the same model file and the same :class:`EngineSettings` (the default, on the
-CPU) go through every front; objects are linked across Z plane to plane, the method every front has.
+CPU) go through every front; objects are linked across Z plane to plane (and, on the command line and
+the cluster, also made by 3D consensus, the default).
 The network is conftest's hand-wired threshold U-Net, so every plane has real objects to compare.
 """
 
@@ -55,8 +56,29 @@ def test_the_cluster_gives_the_api_labels(tmp_path, model, expected):
 
     out = create_labels_zarr(tmp_path / "labels.zarr", expected.shape, expected.dtype)
     with local_client(1) as client:
-        segment_distributed(blob_stack(), out, model, client, SETTINGS, axes="ZYX", stitch_z=True, planes_per_task=4)
+        segment_distributed(blob_stack(), out, model, client, SETTINGS, axes="ZYX", stitch_z=True, z_method="linking",
+                            planes_per_task=4)
     np.testing.assert_array_equal(out[:], expected)
+
+
+@pytest.mark.timeout(120)
+def test_the_command_line_and_the_cluster_give_the_api_3d_objects(tmp_path, model):
+    pytest.importorskip("distributed")
+    from napari_unetseg.distributed import local_client, segment_distributed
+
+    expected = segment(blob_stack(), model, SETTINGS, axes="ZYX", stitch_z=True)  # consensus
+    assert expected.max() >= 2 and not np.array_equal(expected, segment(blob_stack(), model, SETTINGS, axes="ZYX",
+                                                                         stitch_z=True, z_method="linking"))
+    source, out = tmp_path / "stack.tif", tmp_path / "labels.tif"
+    tifffile.imwrite(source, blob_stack())
+    argv = ["segment", str(source), "-o", str(out), "-m", str(model), "--device", SETTINGS.device, "--axes", "ZYX",
+            "--stitch-z", "-q"]
+    assert main(argv) == 0
+    np.testing.assert_array_equal(read_image(out), expected)
+    spread = create_labels_zarr(tmp_path / "labels.zarr", expected.shape, expected.dtype)
+    with local_client(1) as client:
+        segment_distributed(blob_stack(), spread, model, client, SETTINGS, axes="ZYX", stitch_z=True)
+    np.testing.assert_array_equal(spread[:], expected)
 
 
 @pytest.mark.gui

@@ -123,13 +123,51 @@ def test_two_workers_give_the_single_process_labels(tmp_path, client, model, sta
     seen = []
     before = client.run(model_loads)
     segment_distributed(
-        stack_store, out, model, client, CPU, planes_per_task=3, stitch_z=stitch,
+        stack_store, out, model, client, CPU, planes_per_task=3, stitch_z=stitch, z_method="linking",
         progress=lambda done, total: seen.append((done, total)),
     )
     np.testing.assert_array_equal(out[:], expected)
     assert len(seen) == 3 and seen[-1] == (10, 10)  # 3 planes a task, rounded up to one batch of 4
     loads = [count - before[worker] for worker, count in client.run(model_loads).items()]
     assert 1 <= sum(loads) and max(loads) == 1  # 3 tasks, each worker loaded the model at most once
+
+
+def spheres_in_slabs(monkeypatch) -> np.ndarray:
+    """Nine spheres (radius 6, apart) at all depths of a stack, with a slab budget that cuts it into slabs
+    (cores of one overlap, about one object diameter), so some spheres straddle slab boundaries."""
+    from napari_unetseg import slabs
+
+    z, y, x = np.indices((60, 48, 56))
+    stack = np.full((60, 48, 56), 100, np.uint16)
+    centres = [(cz, cy, cx) for cz in (8, 24, 40) for cy, cx in ((16, 16), (16, 40))]
+    for cz, cy, cx in centres + [(cz + 8, 30, 28) for cz in (8, 24, 40)]:
+        stack[(z - cz) ** 2 + (y - cy) ** 2 + (x - cx) ** 2 <= 36] = 1000
+    monkeypatch.setattr(slabs, "SLAB_BUDGET_BYTES", 1_000_000)  # planned on the client (and by one process)
+    return stack
+
+
+def test_workers_give_the_single_process_3d_objects_slab_by_slab(tmp_path, client, model, monkeypatch):
+    stack = spheres_in_slabs(monkeypatch)
+    expected = segment(stack, model, CPU, stitch_z=True)  # consensus, in Z-slabs
+    assert np.unique(expected).tolist() == list(range(10))  # one id per sphere, 1..N
+    out = create_labels_zarr(tmp_path / "labels.zarr", expected.shape, expected.dtype)
+    seen = []
+    segment_distributed(stack, out, model, client, CPU, stitch_z=True,
+                        progress=lambda done, total: seen.append((done, total)))
+    np.testing.assert_array_equal(out[:], expected)
+    assert len(seen) >= 3 and seen[-1] == (60, 60)  # a task per slab, counting the planes of its core
+
+
+def test_a_killed_worker_numbering_3d_objects_is_rerun_without_harm(tmp_path, client, model, monkeypatch):
+    stack = spheres_in_slabs(monkeypatch)
+    expected = segment(stack, model, CPU, stitch_z=True)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    out = create_labels_zarr(tmp_path / "labels.zarr", expected.shape, expected.dtype)
+    # plane 30's first write is its slab's own ids, the second its numbers: the worker dies after that one
+    segment_distributed(stack, KillOnce(out, marks, plane=30, on="write", nth=2), model, client, CPU, stitch_z=True)
+    assert sorted(p.name for p in marks.iterdir()) == ["write-1", "write-2"]  # not written a third time
+    np.testing.assert_array_equal(out[:], expected)
 
 
 def test_workers_shrink_large_objects_as_one_process_does(tmp_path, client, model):

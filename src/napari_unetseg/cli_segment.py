@@ -182,11 +182,10 @@ def _segment_into(
         segment(read_image(src), checkpoint, settings, out=out, z_method=args.z_method, voxel_size=voxel_size,
                 diameter=args.diameter, **options)
         return
-    if args.stitch_z and args.z_method == "consensus":
-        print("unetseg: on a cluster, objects are linked plane to plane (--z-method linking)", file=sys.stderr)
     from .distributed import segment_distributed
 
-    segment_distributed(src, out, checkpoint, client, settings, diameter=args.diameter, **options)
+    segment_distributed(src, out, checkpoint, client, settings, z_method=args.z_method, voxel_size=voxel_size,
+                        diameter=args.diameter, **options)
 
 
 def _engine_settings(args: argparse.Namespace) -> EngineSettings:
@@ -217,9 +216,8 @@ def _engine_parameters(
     """The options of one input's segmentation, as recorded in its output's provenance."""
     parameters = {**settings.as_record(), "axes": layout.axes, "stitch_z": args.stitch_z, "shape": list(shape),
                   "diameter": args.diameter}
-    if args.stitch_z:  # a cluster links planes whatever was asked (see _segment_into)
-        z_method = "linking" if args.scheduler is not None or args.workers is not None else args.z_method
-        parameters.update(z_method=z_method, voxel_size=voxel_size)
+    if args.stitch_z:
+        parameters.update(z_method=args.z_method, voxel_size=voxel_size)
     return parameters
 
 

@@ -10,7 +10,15 @@ The result is the one :func:`~.inference.segment` gives in one process, whatever
    per-plane ids are 1..n, so that offset is the running sum of the counts before the plane.
    Tasks add these offsets in place. A plane whose highest id still equals its count gets its
    offset, one that has it already is left alone, so a rerun task never adds it twice.
-3. Link (``stitch_z``). On the client, slice pair by slice pair along Z, with the offsets.
+3. Link (``stitch_z``, ``z_method="linking"``). On the client, slice pair by slice pair along Z,
+   with the offsets.
+
+3D objects (``stitch_z`` with the default ``z_method="consensus"``) are the Z-slabs of
+:mod:`.slabs` as tasks: the client measures each stack's object size and normalisation levels and
+cuts it into the slabs one process would; each task segments one slab and writes its core with the
+slab's own ids marked :data:`UNNUMBERED`, returning the few planes numbering needs
+(:class:`~.slabs.SlabEdges`); the client numbers the slabs in Z order as one process does, and
+numbering tasks replace the marked ids (ids already numbered are left alone, so a rerun is harmless).
 
 Dask reruns the tasks of a worker that died (and, :data:`TASK_RETRIES` times, a task that
 raised); a rerun task rewrites the same planes with the same labels.
@@ -38,10 +46,29 @@ from distributed import Client, KilledWorker, WorkerPlugin, as_completed
 from .axes import AxesLayout, labels_spec, parse_axes
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from .engine_settings import EngineSettings
-from .inference import PlanePredictor, planes_per_batch, predict_with_backoff, resolve_checkpoint, stitch_plane
+from .inference import (
+    Z_METHODS,
+    PlanePredictor,
+    halve_batch,
+    planes_per_batch,
+    predict_with_backoff,
+    resolve_checkpoint,
+    stitch_plane,
+)
 from .io import probe_image, read_image
 from .normalize import check_image
 from .size import SizePlan, plan_size, size_for, zoomed_length
+from .slabs import (
+    Slab,
+    SlabEdges,
+    StackPlan,
+    StackPlanes,
+    iter_segment_slab,
+    number_slab,
+    plan_stack,
+    stack_indices,
+    stack_options,
+)
 
 #: Times dask reruns a task that raised (e.g. on a flaky network file system).
 TASK_RETRIES = 2
@@ -140,6 +167,75 @@ def _offset_task(out: Any, planes: list[tuple[int, ...]], counts: list[int], off
             out[index] = _with_offset(np.asarray(out[index]), count, offset)
 
 
+#: Added to a slab's own ids while it waits for its numbering; numbered ids stay below it.
+UNNUMBERED = np.uint32(2**31)
+
+
+def _slab_task(
+    source: Any, out: Any, axes: str, spec: ModelSpec, indices: list[tuple[int, ...]], plan: StackPlan, slab: Slab,
+) -> SlabEdges:
+    """Segment one Z-slab of the stack whose planes are ``indices``; write its core into ``out`` with its own
+    ids plus :data:`UNNUMBERED` and return its :class:`~.slabs.SlabEdges`. Out of memory, the worker halves
+    its batch and segments the slab again, as one process does."""
+    predictor = worker_predictor(spec)
+    planes = StackPlanes(_open_image(source), AxesLayout(axes), indices)
+    while True:
+        try:
+            core, edges = _run_to_end(iter_segment_slab(planes, slab, plan, predictor.probabilities, predictor.labels))
+            break
+        except Exception as exc:
+            logger.warning(halve_batch(predictor, exc))
+    for z, labels in zip(range(slab.core_start, slab.core_stop), core):
+        out[indices[z]] = np.where(labels > 0, labels + UNNUMBERED, 0).astype(np.uint32)
+    return edges
+
+
+def _run_to_end(steps: Any) -> Any:
+    """Run a generator to its end and return its value."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as end:
+            return end.value
+
+
+def _number_task(out: Any, planes: list[tuple[int, ...]], mapping: np.ndarray) -> None:
+    """Give the marked ids of ``planes`` their numbers (``mapping``: a slab id -> the result's id)."""
+    for index in planes:
+        labels = np.asarray(out[index])
+        marked = labels >= UNNUMBERED
+        if marked.any():
+            labels[marked] = mapping[labels[marked] - UNNUMBERED]
+            out[index] = labels
+
+
+def _segment_objects_3d(
+    source: Any, out: Any, layout: AxesLayout, checkpoint: Checkpoint, client: Client, settings: EngineSettings,
+    voxel_size: Sequence[float] | None, diameter: float | str | None, progress: Callable[[int, int], None] | None,
+) -> None:
+    """3D objects of every (Z, Y, X) stack of ``source`` into ``out``: slabs as tasks, numbered on the client."""
+    image = read_image(source) if isinstance(source, str) else source
+    local = PlanePredictor(checkpoint, settings.with_changes(device="cpu"))
+    options = stack_options(local, voxel_size, diameter)
+    stacks = [(indices, plan_stack(StackPlanes(image, layout, indices), local.probabilities, local.labels, **options))
+              for indices in stack_indices(tuple(image.shape), layout)]
+    spec = _model_spec(checkpoint, settings)
+    jobs = [(indices, plan, slab) for indices, plan in stacks for slab in plan.slabs]
+    calls = [(source, out, layout.axes, spec, indices, plan, slab) for indices, plan, slab in jobs]
+    sizes = [slab.core_stop - slab.core_start for _, _, slab in jobs]
+    all_edges = _run_tasks(client, "slab", _slab_task, calls, sizes, progress)
+    numbering, objects, tail = [], 0, np.zeros(0, np.uint32)
+    for (indices, plan, slab), edges in zip(jobs, all_edges):
+        if slab.core_start == 0:  # a new stack: nothing to match before it
+            tail = np.zeros((0, *edges.head.shape[1:]), np.uint32)
+        mapping, objects = number_slab(edges, tail, objects)
+        numbering.append((out, indices[slab.core_start : slab.core_stop], mapping))
+        tail = mapping[edges.tail]
+    if objects >= UNNUMBERED:
+        raise ValueError(f"{objects} objects do not fit below the marks of unnumbered ids (2**31)")
+    _run_tasks(client, "number", _number_task, numbering, sizes)
+
+
 def _run_tasks(
     client: Client,
     name: str,
@@ -205,6 +301,8 @@ def segment_distributed(
     *,
     axes: str | None = None,
     stitch_z: bool = False,
+    z_method: str = "consensus",
+    voxel_size: Sequence[float] | None = None,
     diameter: float | str | None = "auto",
     planes_per_task: int = 8,
     progress: Callable[[int, int], None] | None = None,
@@ -219,6 +317,9 @@ def segment_distributed(
     is a run of about ``planes_per_task`` planes (whole batches);
     ``progress(done, total)`` counts the planes of finished tasks. ``diameter`` as in
     :func:`~.inference.iter_segment`; ``"auto"`` is measured here, on the client, before the tasks.
+    ``stitch_z``, ``z_method`` and ``voxel_size`` as in :func:`~.inference.segment`: 3D objects by
+    consensus run a task per Z-slab (see the module docstring); linking segments planes as tasks and
+    links them here.
     """
     checkpoint = resolve_checkpoint(model)
     if checkpoint.path is None:
@@ -230,6 +331,11 @@ def segment_distributed(
     layout = parse_axes(shape, axes)
     out_shape, _ = labels_spec(shape, layout, checkpoint.info.mode)
     _check_output(out, out_shape)
+    if z_method not in Z_METHODS:
+        raise ValueError(f"z_method must be one of {', '.join(Z_METHODS)}, got {z_method!r}")
+    if stitch_z and z_method == "consensus" and "Z" in layout.plane_axes and checkpoint.info.mode == "instance":
+        _segment_objects_3d(source, out, layout, checkpoint, client, settings, voxel_size, diameter, progress)
+        return out
     # runs of whole batches, so that workers batch planes as one process does (unless a GPU
     # worker has to shrink its batch to fit its memory, or picks the size itself: None)
     size = _client_size(source, layout, checkpoint, settings, diameter)
@@ -239,8 +345,7 @@ def segment_distributed(
     per_task = per_batch * max(1, -(-planes_per_task // per_batch))
     order = list(np.ndindex(*out_shape[:-2]))
     runs = [order[start : start + per_task] for start in range(0, len(order), per_task)]
-    path = Path(checkpoint.path).absolute()
-    spec = ModelSpec(os.fspath(path), _sha256(path), settings)
+    spec = _model_spec(checkpoint, settings)
     sizes = [len(run) for run in runs]
     calls = [(source, out, layout.axes, spec, run, size.diameter if size.rescales else None) for run in runs]
     run_counts = _run_tasks(client, "segment", _segment_task, calls, sizes, progress)
@@ -261,6 +366,11 @@ def segment_distributed(
     calls = [(out, run, counts[a:b], offsets[a:b]) for run, a, b in zip(runs, starts, starts[1:])]
     _run_tasks(client, "offset", _offset_task, calls, sizes)
     return out
+
+
+def _model_spec(checkpoint: Checkpoint, settings: EngineSettings) -> ModelSpec:
+    path = Path(checkpoint.path).absolute()
+    return ModelSpec(os.fspath(path), _sha256(path), settings)
 
 
 def _client_size(

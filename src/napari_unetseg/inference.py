@@ -395,7 +395,7 @@ def segment(
     (Z, Y, X) stack goes through :func:`~.slabs.iter_segment_stacks` (XY, XZ and YZ planes, rescaled by
     ``voxel_size`` (Z, Y, X) and the objects' ``diameter`` in pixels, ``"auto"`` to measure it);
     ids are unique in the whole result, 1..N. ``z_method="linking"`` instead links each plane's
-    objects to the plane before, as the cluster path does (:mod:`.distributed`). ``progress(done,
+    objects to the plane before. ``progress(done,
     total)`` is called after each batch; ``should_stop()`` is checked between batches and raises
     :class:`SegmentationCancelled` when true. Out of memory, the batch size is halved (logged as a
     warning) until it is 1 (:func:`iter_segment`).
