@@ -136,3 +136,34 @@ def test_3d_objects_report_progress_batch_by_batch_and_stop_when_asked():
     with pytest.raises(SegmentationCancelled):
         segment(image, _threshold(), device="cpu", stitch_z=True, diameter=None, precision="float32",
                 should_stop=lambda: True)
+
+
+def test_uncertainty_halves_the_batch_on_out_of_memory_and_gives_the_same_entropy(monkeypatch):
+    image = disc_image(_two_columns(depth=6)).astype(np.float32)
+    image[3] = 7.0  # a blank plane (zero entropy) among planes with some: a plane put in the wrong place shows
+    settings = CPU.with_changes(batch_size=4, precision="float32")
+    expected = dict(p for s in iter_uncertainty(image, _threshold(), settings) for p in s.planes)
+    real, calls = PlanePredictor.probabilities, []
+
+    def once_out_of_memory(self, planes, should_stop=None):
+        calls.append(self.batch_size)
+        if len(calls) == 1:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(self, planes, should_stop)
+
+    monkeypatch.setattr(PlanePredictor, "probabilities", once_out_of_memory)
+    steps = list(iter_uncertainty(image, _threshold(), settings))
+    assert [s.note for s in steps if s.note] == ["Out of memory on cpu: continuing with batch size 2."]
+    assert calls == [4, 2, 2, 2] and [s.done for s in steps] == [0, 2, 4, 6]
+    planes = dict(p for s in steps for p in s.planes)
+    assert sorted(planes) == sorted(expected) == [(z,) for z in range(6)]
+    assert [bool(expected[(z,)].any()) for z in range(6)] == [True, True, True, False, True, True]
+    for index, plane in expected.items():
+        np.testing.assert_allclose(planes[index], plane, atol=1e-6)
+
+    def always(self, planes, should_stop=None):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(PlanePredictor, "probabilities", always)
+    with pytest.raises(OutOfMemoryError, match="even with batch size 1"):
+        list(iter_uncertainty(image, _threshold(), settings))

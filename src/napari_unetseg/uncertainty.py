@@ -16,7 +16,7 @@ import numpy as np
 from .axes import parse_axes, read_plane
 from .checkpoint import Checkpoint
 from .engine_settings import EngineSettings
-from .inference import PlanePredictor, planes_per_batch, resolve_checkpoint
+from .inference import PlanePredictor, halve_batch, planes_per_batch, resolve_checkpoint
 from .normalize import check_image
 
 
@@ -27,6 +27,7 @@ class UncertaintyProgress:
     done: int
     total: int
     planes: list[tuple[tuple[int, ...], np.ndarray]] = field(default_factory=list)
+    note: str = ""  # for people, e.g. that the batch size was lowered after running out of memory
 
 
 def entropy(probabilities: np.ndarray) -> np.ndarray:
@@ -46,7 +47,8 @@ def iter_uncertainty(
     """The :func:`entropy` of each plane (in ``plane_order``, default all), one network batch at a time,
     the network run as ``settings`` say (:class:`~.inference.PlanePredictor`).
 
-    Blank planes (no contrast) get zeros: nothing there to hesitate about.
+    Blank planes (no contrast) get zeros: nothing there to hesitate about. Out of memory, the batch
+    size is halved (:func:`~.inference.halve_batch`; a step with no planes says so) and the batch run again.
     """
     check_image(image)
     layout = parse_axes(image.shape, axes)
@@ -54,14 +56,20 @@ def iter_uncertainty(
     height, width = image.shape[layout.axes.index("Y")], image.shape[layout.axes.index("X")]
     plane_shape = tuple(image.shape[layout.axes.index(a)] for a in layout.plane_axes)
     order = list(plane_order) if plane_order is not None else list(np.ndindex(*plane_shape))
-    per_batch = planes_per_batch(predictor.network, height, width, predictor.batch_size, predictor.tile_size)
-    for start in range(0, len(order), per_batch):
-        indices = order[start : start + per_batch]
+    done = 0
+    while done < len(order):
+        per_batch = planes_per_batch(predictor.network, height, width, predictor.batch_size, predictor.tile_size)
+        indices = order[done : done + per_batch]
         prepared = [predictor.prepare(read_plane(image, layout, index)) for index in indices]
         ready = [p for p in prepared if p is not None]
-        probabilities = iter(predictor.probabilities(ready) if ready else [])
+        try:
+            probabilities = iter(predictor.probabilities(ready) if ready else [])
+        except Exception as exc:  # only out-of-memory is retried, with half the batch
+            yield UncertaintyProgress(done, len(order), [], halve_batch(predictor, exc))
+            continue
         planes = [
             (index, np.zeros((height, width), np.float32) if plane is None else entropy(next(probabilities)))
             for index, plane in zip(indices, prepared)
         ]
-        yield UncertaintyProgress(start + len(indices), len(order), planes)
+        done += len(indices)
+        yield UncertaintyProgress(done, len(order), planes)

@@ -164,6 +164,8 @@ class AnnotatePanel(Container):
         )
 
     def _on_entropy(self, update: UncertaintyProgress) -> None:
+        if update.note:
+            notify("warning", update.note)
         layer = find_layer(self.session.viewer, self._uncertainty[0]) if self._uncertainty else None
         if layer is not None:
             write_planes(layer, update.planes)
