@@ -69,6 +69,7 @@ from .slabs import (
     stack_indices,
     stack_options,
 )
+from .volume import run_to_end
 
 #: Times dask reruns a task that raised (e.g. on a flaky network file system).
 TASK_RETRIES = 2
@@ -181,22 +182,13 @@ def _slab_task(
     planes = StackPlanes(_open_image(source), AxesLayout(axes), indices)
     while True:
         try:
-            core, edges = _run_to_end(iter_segment_slab(planes, slab, plan, predictor.probabilities, predictor.labels))
+            core, edges = run_to_end(iter_segment_slab(planes, slab, plan, predictor.probabilities, predictor.labels))
             break
         except Exception as exc:
             logger.warning(halve_batch(predictor, exc))
     for z, labels in zip(range(slab.core_start, slab.core_stop), core):
         out[indices[z]] = np.where(labels > 0, labels + UNNUMBERED, 0).astype(np.uint32)
     return edges
-
-
-def _run_to_end(steps: Any) -> Any:
-    """Run a generator to its end and return its value."""
-    while True:
-        try:
-            next(steps)
-        except StopIteration as end:
-            return end.value
 
 
 def _number_task(out: Any, planes: list[tuple[int, ...]], mapping: np.ndarray) -> None:
@@ -224,9 +216,9 @@ def _segment_objects_3d(
     calls = [(source, out, layout.axes, spec, indices, plan, slab) for indices, plan, slab in jobs]
     sizes = [slab.core_stop - slab.core_start for _, _, slab in jobs]
     all_edges = _run_tasks(client, "slab", _slab_task, calls, sizes, progress)
-    numbering, objects, tail = [], 0, np.zeros(0, np.uint32)
+    numbering, objects = [], 0
     for (indices, plan, slab), edges in zip(jobs, all_edges):
-        if slab.core_start == 0:  # a new stack: nothing to match before it
+        if slab.core_start == 0:  # a stack's first slab: nothing to match before it
             tail = np.zeros((0, *edges.head.shape[1:]), np.uint32)
         mapping, objects = number_slab(edges, tail, objects)
         numbering.append((out, indices[slab.core_start : slab.core_stop], mapping))

@@ -302,7 +302,11 @@ def segment_volume(
     **options: Any,
 ) -> tuple[np.ndarray, VolumePlan]:
     """:func:`iter_segment_volume` run to the end: ``(labels, plan)``."""
-    steps = iter_segment_volume(stack, plane_probabilities, plane_labels, **options)
+    return run_to_end(iter_segment_volume(stack, plane_probabilities, plane_labels, **options))
+
+
+def run_to_end(steps: Generator[Any, None, Any]) -> Any:
+    """Run an engine's generator to its end, its progress unseen, and return what it returns."""
     while True:
         try:
             next(steps)
