@@ -67,6 +67,22 @@ class ThresholdNet(UNet):
         return torch.cat([1 - foreground, interior, foreground - interior], dim=1) * 10
 
 
+def out_of_memory_on(call: int, calls: list[int]):
+    """A stand-in for ``PlanePredictor.probabilities`` that runs out of memory on its ``call``-th call (from 1)
+    and otherwise runs the real one; each call's batch size goes into ``calls``. Take it before patching."""
+    from napari_unetseg.inference import PlanePredictor
+
+    real = PlanePredictor.probabilities
+
+    def probabilities(self, planes, should_stop=None):
+        calls.append(self.batch_size)
+        if len(calls) == call:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(self, planes, should_stop)
+
+    return probabilities
+
+
 def disc_image(labels: np.ndarray) -> np.ndarray:
     """A uint16 fluorescence-like image of ``labels``: bright objects on a dark background."""
     return np.where(labels > 0, 1000, 100).astype(np.uint16)

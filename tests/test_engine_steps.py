@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import ThresholdNet, disc_image
+from conftest import ThresholdNet, disc_image, out_of_memory_on
 
 from napari_unetseg.checkpoint import Checkpoint, ModelInfo
 from napari_unetseg.device import OutOfMemoryError
@@ -70,15 +70,8 @@ def test_z_linking_needs_an_output():
 def test_out_of_memory_halves_the_batch_and_goes_on(monkeypatch):  # float32: no bfloat16 probe runs the fake
     image = disc_image(_two_columns(depth=8))
     expected = segment(image, _threshold(), device="cpu", batch_size=4, precision="float32")
-    real, calls = PlanePredictor.probabilities, []
-
-    def once_out_of_memory(self, planes, should_stop=None):
-        calls.append(self.batch_size)
-        if len(calls) == 2:
-            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real(self, planes, should_stop)
-
-    monkeypatch.setattr(PlanePredictor, "probabilities", once_out_of_memory)
+    calls: list[int] = []
+    monkeypatch.setattr(PlanePredictor, "probabilities", out_of_memory_on(2, calls))
     out = np.zeros(expected.shape, np.uint32)
     steps = list(iter_segment(image, _threshold(), CPU.with_changes(precision="float32"), out=out))
     notes = [s.note for s in steps if s.note]
@@ -143,15 +136,8 @@ def test_uncertainty_halves_the_batch_on_out_of_memory_and_gives_the_same_entrop
     image[3] = 7.0  # a blank plane (zero entropy) among planes with some: a plane put in the wrong place shows
     settings = CPU.with_changes(batch_size=4, precision="float32")
     expected = dict(p for s in iter_uncertainty(image, _threshold(), settings) for p in s.planes)
-    real, calls = PlanePredictor.probabilities, []
-
-    def once_out_of_memory(self, planes, should_stop=None):
-        calls.append(self.batch_size)
-        if len(calls) == 1:
-            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real(self, planes, should_stop)
-
-    monkeypatch.setattr(PlanePredictor, "probabilities", once_out_of_memory)
+    calls: list[int] = []
+    monkeypatch.setattr(PlanePredictor, "probabilities", out_of_memory_on(1, calls))
     steps = list(iter_uncertainty(image, _threshold(), settings))
     assert [s.note for s in steps if s.note] == ["Out of memory on cpu: continuing with batch size 2."]
     assert calls == [4, 2, 2, 2] and [s.done for s in steps] == [0, 2, 4, 6]

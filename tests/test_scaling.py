@@ -24,7 +24,7 @@ from napari_unetseg.engine_settings import EngineSettings
 from napari_unetseg.inference import segment
 from napari_unetseg.io import create_labels_zarr, read_image
 
-from conftest import blob_stack, threshold_unet
+from conftest import blob_stack, out_of_memory_on, threshold_unet
 
 distributed = pytest.importorskip("distributed")
 from napari_unetseg.distributed import local_client, segment_distributed  # noqa: E402
@@ -209,15 +209,8 @@ def test_a_worker_out_of_memory_halves_its_batch_and_gives_the_same_labels(tmp_p
     settings = CPU.with_changes(precision="float32")  # no bfloat16 probe runs the fake
     expected = segment(blob_stack(), model, settings)
     assert expected.max() == 20  # every bright disc found: labels that could be wrong
-    real, calls = PlanePredictor.probabilities, []
-
-    def once_out_of_memory(self, planes, should_stop=None):
-        calls.append(self.batch_size)
-        if len(calls) == 2:
-            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real(self, planes, should_stop)
-
-    monkeypatch.setattr(PlanePredictor, "probabilities", once_out_of_memory)
+    calls: list[int] = []
+    monkeypatch.setattr(PlanePredictor, "probabilities", out_of_memory_on(2, calls))
     out = create_labels_zarr(tmp_path / "labels.zarr", expected.shape, expected.dtype)
     with Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=":0") as client:
         # diameter None: the client's first pass (diameter "auto") would also meet the fake
