@@ -6,8 +6,8 @@
 The viewer starts as ``unetseg gui`` starts it (the 2D sample, the panel docked, the defaults).
 A 10 ms timer on the Qt event loop records how late each tick comes; a stall is a tick's lateness
 (the time the loop could not draw or answer a click). The script clicks **Segment** twice, waits, then
-paints the sample's truth as annotations and clicks **Fine-tune** (``--iterations``), and prints
-the longest stall and the 99th percentile per phase, idle included, as JSON. Fine-tuned versions
+clicks New annotations, paints the sample's truth and clicks **Fine-tune** (``--iterations``), and
+prints the longest stall and the 99th percentile per phase, idle included, as JSON. Fine-tuned versions
 go to a temporary folder, not the user's.
 """
 
@@ -64,6 +64,14 @@ def wait(app, until, timeout_s: float) -> float:
     return round(time.perf_counter() - start, 1)
 
 
+def wait_idle(app, seconds: float) -> None:
+    """Run the event loop for ``seconds`` with nothing else to do."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        app.processEvents()
+        time.sleep(0.001)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=0, help="the panel's threads setting (0: the default cap)")
@@ -93,10 +101,7 @@ def main() -> None:
         "cpu": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {cpu_kind()}",
         "torch": torch.__version__, "job_threads": _runner.job_threads(),
     }
-    started = time.perf_counter()
-    while time.perf_counter() - started < 2:  # idle: the baseline
-        app.processEvents()
-        time.sleep(0.001)
+    wait_idle(app, 2)  # the baseline (the widget's background preload runs here)
     result["idle"] = meter.take()
 
     for phase in ("segment_first", "segment_again"):  # the first run also loads and prepares the model
@@ -104,9 +109,12 @@ def main() -> None:
         seconds = wait(app, lambda: not widget.busy(), 600)
         result[phase] = {**meter.take(), "seconds": seconds, "model": widget.models.current().name}
 
-    _, truth = sample_image_2d()
+    _, truth = sample_image_2d()  # New annotations and painting: a user's clicks of their own, not the job
     widget.annotate.new_annotations()
     widget.annotate.annotations.value.data[:] = np.where(truth > 0, truth + 1, 1)
+    widget.annotate.annotations.value.refresh()
+    wait_idle(app, 0.5)
+    result["new_annotations"] = meter.take()
     widget.finetune.iterations.value = args.iterations
     widget.finetune.train_button.clicked.emit()
     seconds = wait(app, lambda: not widget.busy(), 1800)

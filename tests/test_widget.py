@@ -23,7 +23,7 @@ from conftest import ThresholdNet, tiny_unet, two_touching_discs, write_raw_chec
 
 from napari_unetseg import versions  # noqa: E402
 from napari_unetseg._sample_data import nuclei_2d, nuclei_3d  # noqa: E402
-from napari_unetseg._widget import _segment, _settings  # noqa: E402
+from napari_unetseg._widget import _jobs, _segment, _settings  # noqa: E402
 from napari_unetseg._widget._annotate import convention_text  # noqa: E402
 from napari_unetseg._widget._layers import METADATA_KEY, image_source  # noqa: E402
 from napari_unetseg._widget._main import UNetSegWidget  # noqa: E402
@@ -511,6 +511,8 @@ def test_fine_tune_saves_a_version_selects_it_and_revert_goes_back(
 ):
     viewer, widget = viewer_widget
     held_out_scores(monkeypatch, parent=0.5, fine_tuned=0.8)
+    # the job waits for the panel to show each preview: without the panel's word it would not end within WAIT_MS
+    monkeypatch.setattr(_jobs, "PREVIEW_HANDOFF_S", 600.0)
     image, truth = small_2d()
     image_layer = viewer.add_image(image, name="cells")
     widget.annotate.new_annotations()

@@ -414,6 +414,13 @@ class Trainer:
         return measured
 
 
+def preload() -> None:
+    """Do the first fine-tuning's one-time work now: PyTorch's first optimizer imports ``torch._dynamo``
+    (about 1 s of Python). The widget runs this in a background thread as it opens, so that the import
+    does not hold Python's lock, and stall napari, in the middle of a job."""
+    torch.optim.AdamW([torch.zeros(1, requires_grad=True)])
+
+
 def iter_train(
     image: Any, annotation: Any, model: Any = None, config: TrainConfig | None = None, **options: Any
 ) -> Generator[TrainProgress, None, TrainResult]:

@@ -14,9 +14,11 @@ from magicgui.widgets import (
     PushButton,
     SpinBox,
 )
+from qtpy.QtCore import QTimer
 
 from .. import versions
 from ..checkpoint import CheckpointError, save_checkpoint
+from ..inference import PlaneResult
 from ..options import labels_dtype
 from ..targets import painting_advice
 from ..training_types import TrainResult
@@ -36,6 +38,8 @@ from ._plot import LossPlot
 
 if TYPE_CHECKING:
     from ._session import Session
+
+PREVIEW_PAUSE_MS = 15  # between the steps of showing a preview: time for napari to draw and answer input
 
 
 def annotated_planes(source: ImageSource, annotation: Any) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -152,13 +156,7 @@ class FineTunePanel(Container):
             job.preview.index = current_plane(viewer, source, layer)
 
     def _on_step(self, update: FineTuneUpdate) -> None:
-        if update.preview is not None:
-            source = self._context["source"]
-            dtype = labels_dtype("instance" if self._context["instance"] else "semantic")
-            # a layer of its own, beside the start model's result, so the two can be compared
-            preview = f"fine-tuning {self._context['entry'].name}"
-            labels = self.session.owned.labels(source, dtype, clear=False, model=preview)
-            write_planes(labels, [(update.preview.index, update.preview.labels)])
+        job = self.job
         if update.note:
             notify("warning", update.note)
         if update.preview is not None and self._context["instance"]:
@@ -175,6 +173,31 @@ class FineTunePanel(Container):
                 f"held-out score {score}{self._context.get('changes', '')}"
             )
             self.runner.advance(step.iteration, step.total_iterations, text)  # may run the end handlers
+        if update.preview is not None:  # after the progress: napari's progress bar runs pending events
+            preview = update.preview
+            QTimer.singleShot(PREVIEW_PAUSE_MS, lambda: self._show_preview(preview, job))
+
+    def _show_preview(self, preview: PlaneResult, job: FineTuneJob | None) -> None:
+        """Show a preview plane in a layer of its own, beside the start model's result, so the two can be
+        compared; then let the waiting ``job`` go on.
+
+        Making the layer, filling it and drawing it each take napari up to 0.1 s on this thread, so
+        each step comes after a short pause in which napari draws and answers input, and training
+        resumes only after the last.
+        """
+        dtype = labels_dtype("instance" if self._context["instance"] else "semantic")
+        name = f"fine-tuning {self._context['entry'].name}"
+        labels = self.session.owned.labels(self._context["source"], dtype, clear=False, model=name)
+
+        def fill() -> None:
+            write_planes(labels, [(preview.index, preview.labels)])
+            QTimer.singleShot(PREVIEW_PAUSE_MS, resume)
+
+        def resume() -> None:
+            if job is not None:
+                job.preview_shown()
+
+        QTimer.singleShot(PREVIEW_PAUSE_MS, fill)
 
     def _on_trained(self, outcome: TrainResult | JobFailed) -> None:
         if isinstance(outcome, JobFailed):

@@ -24,9 +24,9 @@ from ..engine_settings import EngineSettings
 from ..inference import BatchProgress, PlanePredictor, PlaneResult, iter_segment
 from ..metrics import object_changes
 from ..precision import CHANGING_WEIGHTS_BACKEND, PREVIEW_PRECISION
+from ..slabs import iter_segment_stacks
 from ..training import Trainer, TrainProgress, TrainResult
 from ..uncertainty import UncertaintyProgress, iter_uncertainty
-from ..slabs import iter_segment_stacks
 
 
 @dataclass(frozen=True)
@@ -122,6 +122,9 @@ def entropy_job(
 # ---------------------------------------------------------------------------- fine-tuning
 
 
+PREVIEW_HANDOFF_S = 2.0  # the longest a job waits for the GUI to show a preview
+
+
 @dataclass
 class FineTuneUpdate:
     """One training iteration (``progress``), and now and then a re-predicted plane (``preview``) with
@@ -147,7 +150,10 @@ class PreviewSource:
 class FineTuneJob:
     """Fine-tunes ``checkpoint`` on annotated planes (copies); :meth:`stop` ends it keeping the best weights.
 
-    ``preview.index`` may be changed from another thread to follow the plane on screen.
+    ``preview.index`` may be changed from another thread to follow the plane on screen. After a
+    preview the job waits (up to ``PREVIEW_HANDOFF_S``) until the GUI calls :meth:`preview_shown`:
+    making and drawing a layer takes napari about 0.1 s on the GUI thread, and training beside it
+    holds Python's lock and doubles that stall.
     """
 
     images: list[np.ndarray]
@@ -159,15 +165,29 @@ class FineTuneJob:
     preview_every: float = 3.0
     options: dict[str, Any] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
+    _shown: threading.Event = field(default_factory=threading.Event, repr=False)
     _parent_labels: dict[tuple[int, ...], np.ndarray] = field(default_factory=dict, repr=False)
 
     def stop(self) -> None:
-        """Ask the job to finish after the current iteration."""
+        """Ask the job to finish after the current iteration (without waiting for a preview to show)."""
         self._stop.set()
+        self._shown.set()
 
     @property
     def stopping(self) -> bool:
         return self._stop.is_set()
+
+    def preview_shown(self) -> None:
+        """Called by the GUI once a preview is on screen: training goes on."""
+        self._shown.set()
+
+    def _show(self, update: FineTuneUpdate) -> Generator[FineTuneUpdate, None, None]:
+        """Yield ``update``; if it carries a preview, wait until the GUI has shown it."""
+        if not self.stopping:
+            self._shown.clear()
+        yield update
+        if update.preview is not None:
+            self._shown.wait(PREVIEW_HANDOFF_S)
 
     def run(self) -> Generator[FineTuneUpdate, None, TrainResult | JobFailed]:
         """Train, yielding after every iteration; return the best weights or a :class:`JobFailed`."""
@@ -189,7 +209,7 @@ class FineTuneJob:
             try:
                 for step in trainer.steps(self._stop.is_set):
                     if self.preview is not None and time.monotonic() - last_preview >= self.preview_every:
-                        yield self._preview_update(trainer.result(), step)
+                        yield from self._show(self._preview_update(trainer.result(), step))
                         last_preview = time.monotonic()
                     else:
                         yield FineTuneUpdate(step)
@@ -206,7 +226,7 @@ class FineTuneJob:
                 return JobFailed(describe_error(exc, "Fine-tuning"))
         result = trainer.result()
         if self.preview is not None:
-            yield self._preview_update(result, None)
+            yield from self._show(self._preview_update(result, None))
         return result
 
     def _preview_update(self, result: TrainResult, step: TrainProgress | None) -> FineTuneUpdate:

@@ -25,6 +25,7 @@ from ._layers import (
 )
 from ._measure import MeasurePanel
 from ._models import ModelPicker
+from ._runner import preload_first_jobs
 from ._segment import SegmentPanel
 from ._session import PanelSettings, Session
 from ._settings import preferred_device
@@ -44,6 +45,7 @@ class UNetSegWidget(Container):
     """
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        preload_first_jobs()  # first: it overlaps the building of the panels
         super().__init__(labels=False)
         self.viewer = viewer
         self.owned = OwnedLayers(viewer, on_change=self.reset_choices)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Generator
 from enum import Enum
@@ -11,6 +12,25 @@ from magicgui.widgets import Label, ProgressBar, PushButton
 
 from ._jobs import JobFailed
 from ._settings import job_threads
+
+
+def preload_first_jobs() -> None:
+    """Do the first jobs' one-time imports as the widget opens, not in a click or a job, where they hold
+    Python's lock and stall napari: pandas, which napari's first Labels layer imports (0.4 s), here while
+    the plugin loads; ``torch._dynamo``, which PyTorch's first optimizer imports (0.9 s), in a daemon
+    thread started first, so that most of it overlaps the widget's own building. A failure is left for
+    the job that needs the module to report."""
+
+    def preload_training() -> None:
+        try:
+            from ..training import preload
+
+            preload()
+        except Exception:  # the job that needs it fails with a message of its own
+            pass
+
+    threading.Thread(target=preload_training, name="unetseg-preload", daemon=True).start()
+    import pandas  # noqa: F401
 
 
 class JobStatus(Enum):
