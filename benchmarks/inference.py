@@ -36,7 +36,8 @@ from napari_unetseg.inference import PlanePredictor, segment
 from napari_unetseg.metrics import agreement
 from napari_unetseg.models import resolve_model
 from napari_unetseg.normalize import normalize_plane
-from napari_unetseg.optimize import make_fast_model, onnxruntime_available
+from napari_unetseg.precision import onnxruntime_available
+from napari_unetseg.predictor import bfloat16_verdict, make_fast_model
 from napari_unetseg.precision import cpu_supports_bf16, resolve_precision
 from napari_unetseg.quantize import cpu_kind
 from napari_unetseg.synthetic import synthetic_nuclei_2d
@@ -217,7 +218,8 @@ def main() -> None:
           f"{threads} threads, model {args.model} "
           f"({sum(p.numel() for p in checkpoint.model.parameters()) / 1e6:.2f} M parameters)")
     started = time.perf_counter()
-    precision = resolve_precision(checkpoint, device)  # the probe runs once per model and process
+    # the probe runs once per model and process
+    precision = resolve_precision(device, "auto", lambda: bfloat16_verdict(checkpoint))
     probe_seconds = time.perf_counter() - started
     runner = type(make_fast_model(checkpoint.model, device, precision)).__name__
     print(f"# default path on {device}: {runner} {precision} (OnnxModel = ONNX Runtime, FastModel = PyTorch; "

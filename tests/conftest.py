@@ -122,7 +122,7 @@ def blob_stack(planes: int = 10, size: int = 48) -> np.ndarray:
 def private_cache(tmp_path_factory, monkeypatch) -> Path:
     """Exported ONNX models and probe verdicts go to a new folder for each test, never the user's cache
     (nor another test's: each test starts cold), and not into the test's ``tmp_path``."""
-    from napari_unetseg.optimize import CACHE_ENV
+    from napari_unetseg.cache import CACHE_ENV
 
     folder = tmp_path_factory.mktemp("cache")
     monkeypatch.setenv(CACHE_ENV, str(folder))

@@ -7,16 +7,10 @@ import torch
 
 from napari_unetseg import optimize
 from napari_unetseg.model import UNet
-from napari_unetseg.optimize import (
-    CACHE_ENV,
-    FastModel,
-    OnnxModel,
-    fold_batchnorm,
-    make_fast_model,
-    onnx_cache_key,
-    onnxruntime_available,
-)
-from napari_unetseg.precision import cpu_supports_bf16
+from napari_unetseg.cache import CACHE_ENV
+from napari_unetseg.optimize import FastModel, OnnxModel, fold_batchnorm, onnx_cache_key
+from napari_unetseg.precision import cpu_supports_bf16, onnxruntime_available
+from napari_unetseg.predictor import make_fast_model
 
 
 def _trained_batchnorm_unet() -> UNet:

@@ -1,12 +1,12 @@
-"""precision.py: the one place that picks the number format and the runner, for inference and training."""
+"""precision.py: the one place that picks the number format and the runner, for inference and training;
+and the bfloat16 probe it asks (predictor.py: the probe runs the engine)."""
 
 import pytest
 import torch
 
-from napari_unetseg import precision
+from napari_unetseg import precision, predictor
 from napari_unetseg.checkpoint import Checkpoint, ModelInfo
-from napari_unetseg.optimize import onnxruntime_available
-from napari_unetseg.precision import choose_backend, choose_precision, training_autocast
+from napari_unetseg.precision import choose_backend, choose_precision, onnxruntime_available, training_autocast
 
 from conftest import ThresholdNet, tiny_unet
 
@@ -15,6 +15,11 @@ CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
 def _checkpoint(seed=0):
     return Checkpoint(tiny_unet(seed=seed), ModelInfo(mode="instance"))
+
+
+def _auto(checkpoint, chosen="auto"):
+    """What a PlanePredictor on the CPU runs for ``chosen``: the rule of precision.py, the probe of predictor.py."""
+    return precision.resolve_precision(CPU, chosen, lambda: predictor.bfloat16_verdict(checkpoint))
 
 
 def test_precision_choice():
@@ -28,39 +33,39 @@ def test_precision_choice():
 def test_auto_precision_takes_bfloat16_only_where_the_probe_agrees(monkeypatch):
     verdicts = iter([True, False])
     monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: True)
-    monkeypatch.setattr(precision, "bfloat16_agrees", lambda checkpoint: next(verdicts))
+    monkeypatch.setattr(predictor, "bfloat16_agrees", lambda checkpoint: next(verdicts))
     agreeing, disagreeing = _checkpoint(seed=1), _checkpoint(seed=2)
-    assert precision.resolve_precision(agreeing, CPU) == "bfloat16"
-    assert precision.resolve_precision(disagreeing, CPU) == "float32"
-    assert precision.resolve_precision(agreeing, CPU) == "bfloat16"  # remembered: the probe ran once
-    assert precision.resolve_precision(disagreeing, CPU, "bfloat16") == "bfloat16"  # an explicit choice stands
+    assert _auto(agreeing) == "bfloat16"
+    assert _auto(disagreeing) == "float32"
+    assert _auto(agreeing) == "bfloat16"  # remembered: the probe ran once
+    assert _auto(disagreeing, "bfloat16") == "bfloat16"  # an explicit choice stands
 
     def broken_probe(checkpoint):
         raise RuntimeError("out of memory")
 
-    monkeypatch.setattr(precision, "bfloat16_agrees", broken_probe)
-    assert precision.resolve_precision(_checkpoint(seed=3), CPU) == "float32"
+    monkeypatch.setattr(predictor, "bfloat16_agrees", broken_probe)
+    assert _auto(_checkpoint(seed=3)) == "float32"
     monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: False)
-    assert precision.resolve_precision(_checkpoint(), CPU) == "auto"  # left to optimize: float32 on a CPU
+    assert _auto(_checkpoint()) == "auto"  # left to optimize: float32 on a CPU
 
 
 def test_the_probe_verdict_is_kept_on_disk_for_the_next_run(monkeypatch, private_cache):
     probes = []
     monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: True)
-    monkeypatch.setattr(precision, "bfloat16_agrees", lambda checkpoint: probes.append(1) or True)
-    assert precision.resolve_precision(_checkpoint(seed=4), CPU) == "bfloat16"
-    precision._BFLOAT16_VERDICTS.clear()  # what a new process starts with
-    assert precision.resolve_precision(_checkpoint(seed=4), CPU) == "bfloat16" and len(probes) == 1
+    monkeypatch.setattr(predictor, "bfloat16_agrees", lambda checkpoint: probes.append(1) or True)
+    assert _auto(_checkpoint(seed=4)) == "bfloat16"
+    predictor._BFLOAT16_VERDICTS.clear()  # what a new process starts with
+    assert _auto(_checkpoint(seed=4)) == "bfloat16" and len(probes) == 1
     for path in (private_cache / "precision").iterdir():
         path.write_text("{damaged")
-    precision._BFLOAT16_VERDICTS.clear()
-    assert precision.resolve_precision(_checkpoint(seed=4), CPU) == "bfloat16" and len(probes) == 2
-    assert precision.resolve_precision(_checkpoint(seed=5), CPU) == "bfloat16" and len(probes) == 3  # other weights
+    predictor._BFLOAT16_VERDICTS.clear()
+    assert _auto(_checkpoint(seed=4)) == "bfloat16" and len(probes) == 2
+    assert _auto(_checkpoint(seed=5)) == "bfloat16" and len(probes) == 3  # other weights
 
 
 def test_bfloat16_probe_compares_labels_of_both_precisions():
     # a network that thresholds its input gives the same objects in any precision
-    assert precision.bfloat16_agrees(Checkpoint(ThresholdNet(), ModelInfo()), planes=1, size=128) is True
+    assert predictor.bfloat16_agrees(Checkpoint(ThresholdNet(), ModelInfo()), planes=1, size=128) is True
 
 
 def test_backend_choice():

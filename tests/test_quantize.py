@@ -12,7 +12,8 @@ from napari_unetseg.cli import main
 from napari_unetseg.inference import segment
 from napari_unetseg.metrics import agreement
 from napari_unetseg.models import resolve_model
-from napari_unetseg.optimize import onnx_cache_key, onnxruntime_available
+from napari_unetseg.optimize import onnx_cache_key
+from napari_unetseg.precision import onnxruntime_available
 from napari_unetseg.quantize import Int8Model, int8_cache_key
 from napari_unetseg.synthetic import synthetic_nuclei_2d
 

@@ -29,14 +29,16 @@ from torch import nn
 
 from . import __version__
 from .atomic import atomic_write
+from .bioimageio_load import CONFIG_KEY, CONFIG_VERSION
 from .checkpoint import Checkpoint
+from .inference import segment
 from .model import UNet
 from .normalize import CLIP_HIGH, CLIP_LOW
+from .optimize import ONNX_OPSET, export_onnx
+from .predictor import resolve_checkpoint
+from .synthetic import sample_image_2d
 
 RDF_NAME = "rdf.yaml"
-#: The key under ``config`` that holds what napari-unetseg needs to re-create its labels.
-CONFIG_KEY = "napari-unetseg"
-CONFIG_VERSION = 1
 FORMAT_VERSION = "0.5.4"
 INPUT_ID, OUTPUT_ID = "raw", "probabilities"
 #: bioimage.io's ``scale_range`` divides by ``high - low + eps``.
@@ -81,8 +83,6 @@ def export_package(
     The zip appears under ``path`` only when complete (written to a temporary file first); an
     existing file is replaced only with ``overwrite``. Takes a few seconds (ONNX export, a test run).
     """
-    from .inference import resolve_checkpoint
-
     path = Path(path)
     checkpoint = resolve_checkpoint(checkpoint)
     model = checkpoint.model
@@ -107,8 +107,6 @@ def export_package(
 
 def package_files(checkpoint: Checkpoint) -> dict[str, bytes]:
     """Every file of the package by name, ``rdf.yaml`` last (it holds the others' sha256)."""
-    from .optimize import export_onnx
-
     model = checkpoint.model
     test_input = _test_input()
     files = {
@@ -179,7 +177,7 @@ def describe(checkpoint: Checkpoint, sha256: dict[str, str]) -> dict[str, Any]:
             "torchscript": {"source": "model.torchscript.pt", "sha256": sha256["model.torchscript.pt"],
                             "parent": "pytorch_state_dict", "pytorch_version": torch_version},
             "onnx": {"source": "model.onnx", "sha256": sha256["model.onnx"],
-                     "parent": "pytorch_state_dict", "opset_version": _onnx_opset()},
+                     "parent": "pytorch_state_dict", "opset_version": ONNX_OPSET},
         },
         "config": {CONFIG_KEY: package_config(checkpoint)},
     }
@@ -203,15 +201,7 @@ def _channel_names(class_names: list[str]) -> list[str]:
     return names if len(set(names)) == len(names) else [f"{n}_{i + 1}" for i, n in enumerate(names)]
 
 
-def _onnx_opset() -> int:
-    from .optimize import ONNX_OPSET
-
-    return ONNX_OPSET
-
-
 def _sample() -> np.ndarray:
-    from .synthetic import sample_image_2d
-
     return sample_image_2d()[0]
 
 
@@ -260,8 +250,6 @@ def _npy(array: np.ndarray) -> bytes:
 def cover_image(checkpoint: Checkpoint) -> bytes:
     """PNG, 2:1: the sample image beside the model's result on it (labels coloured over the image)."""
     from PIL import Image
-
-    from .inference import segment
 
     image = _sample()
     labels = segment(image, checkpoint, device="cpu", backend="torch", precision="float32")

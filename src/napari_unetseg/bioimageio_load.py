@@ -28,10 +28,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .bioimageio import CONFIG_KEY, CONFIG_VERSION
 from .checkpoint import FORMAT_NAME, FORMAT_VERSION, Checkpoint, CheckpointError, ModelInfo, checkpoint_from_payload
 from .normalize import CLIP_HIGH, CLIP_LOW
 
+#: The key under ``config`` that holds what napari-unetseg needs to re-create its labels (written by :mod:`.bioimageio`).
+CONFIG_KEY = "napari-unetseg"
+CONFIG_VERSION = 1
 #: Preprocessing steps that change nothing for a float32 network input.
 _NO_OPS = ("ensure_dtype", "ensure_float32")
 #: Context (pixels per side) given to tiles of a package that states no halo.
@@ -258,11 +260,11 @@ class PackagedNetwork(nn.Module):
 
     ``forward`` maps ``(N, C, H, W)`` float32 to log-probabilities ``(N, K, H, W)`` (so the engine's
     softmax gives the package's probabilities back), mirror-padding planes to a size the network takes.
-    The graph is kept as a buffer, so caches keyed by the weights (:func:`~.optimize.network_sha256`)
+    The graph is kept as a buffer, so caches keyed by the weights (:func:`~.cache.network_sha256`)
     tell packages apart. It runs on the CPU whatever the engine's device.
     """
 
-    runs_itself = True  # :func:`~.optimize.make_fast_model`: no export, no autocast of our own
+    runs_itself = True  # :func:`~.predictor.make_fast_model`: no export, no autocast of our own
 
     def __init__(self, kind: str, graph: bytes, axes_in: str, axes_out: str, channels: list[str], size_min: int,
                  size_step: int, halo: int) -> None:

@@ -46,17 +46,10 @@ from distributed import Client, KilledWorker, WorkerPlugin, as_completed
 from .axes import AxesLayout, labels_spec, parse_axes
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from .engine_settings import EngineSettings
-from .inference import (
-    Z_METHODS,
-    PlanePredictor,
-    halve_batch,
-    planes_per_batch,
-    predict_with_backoff,
-    resolve_checkpoint,
-    stitch_plane,
-)
+from .inference import Z_METHODS, predict_with_backoff, stitch_plane
 from .io import probe_image, read_image
 from .normalize import check_image
+from .predictor import PlanePredictor, halve_batch, planes_per_batch, resolve_checkpoint
 from .size import SizePlan, plan_size, size_for, zoomed_length
 from .slabs import (
     Slab,

@@ -10,161 +10,34 @@ larger than memory stream from disk to disk. :mod:`.distributed` runs the same e
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
 from .axes import AxesLayout, labels_spec, parse_axes, read_plane
-from .checkpoint import Checkpoint, info_problem
-from .device import OutOfMemoryError, fit_to_memory, free_gpu_memory, get_device, is_out_of_memory
+from .checkpoint import Checkpoint
 from .engine_settings import EngineSettings, settings_with
-from .normalize import check_image, normalize_plane
-from .optimize import make_fast_model
-from .options import labels_dtype
-from .postprocess import link_to_previous, probabilities_to_classes, probabilities_to_instances
-from .postprocess_torch import device_labels, resolve_postprocess
-from .precision import buffer_dtype, resolve_precision
+from .normalize import check_image
+from .postprocess import link_to_previous
+from .postprocess_torch import device_labels
+from .predictor import (
+    BatchProgress,
+    PlanePredictor,
+    PlaneResult,
+    SegmentationCancelled,
+    halve_batch,
+    planes_per_batch,
+    resolve_checkpoint,
+)
 from .size import ZoomedImage, plan_size, resize_labels
-from .tiling import TilePlan, plan_tiles
+from .slabs import iter_segment_stacks
 
 #: How ``segment(stitch_z=True)`` makes 3D objects: XY/XZ/YZ consensus (:mod:`.volume`) or plane-to-plane linking.
 Z_METHODS = ("consensus", "linking")
 logger = logging.getLogger(__name__)
-
-
-class SegmentationCancelled(Exception):
-    """Raised by :func:`segment` when ``should_stop`` asked it to stop."""
-
-
-@dataclass
-class PlaneResult:
-    """Labels of one plane; ``index`` selects the plane in the output (over the plane axes)."""
-
-    index: tuple[int, ...]
-    labels: np.ndarray
-
-
-@dataclass
-class BatchProgress:
-    """Yielded after each batch: planes done so far, the total, and the planes finished (or changed) since."""
-
-    done: int
-    total: int
-    planes: list[PlaneResult] = field(default_factory=list)
-    note: str = ""  # for people, e.g. that the batch size was lowered after running out of memory
-
-
-def resolve_checkpoint(model: Checkpoint | str | os.PathLike) -> Checkpoint:
-    """A :class:`Checkpoint` from itself, a built-in model name or a checkpoint path."""
-    if isinstance(model, Checkpoint):
-        return model
-    from .models import resolve_model  # local import: the registry reads package files
-
-    return resolve_model(model)
-
-
-class PlanePredictor:
-    """Runs a checkpoint's network on normalised planes, tiling planes larger than the settings' ``tile_size``.
-
-    ``settings`` (:class:`~.engine_settings.EngineSettings`) say where and how. On a GPU, batch
-    and tile sizes shrink to fit its free memory; ``batch_size=None`` takes the largest batch that
-    fits (4 on a CPU). The precision is resolved by :func:`~.precision.resolve_precision`, the
-    runner by :func:`~.precision.choose_backend`. ``postprocess`` ``"device"`` turns probabilities
-    into labels where the network ran (:mod:`.postprocess_torch`); ``"auto"`` does so on CUDA
-    when a probe shows the labels agree with the CPU path's.
-    """
-
-    def __init__(self, checkpoint: Checkpoint, settings: EngineSettings = EngineSettings()) -> None:
-        problem = info_problem(checkpoint.info, checkpoint.model.num_classes)
-        if problem:  # checked at load already; this catches checkpoints built in memory
-            raise ValueError(f"model {checkpoint.info.name or checkpoint.path or '(unnamed)'}: {problem}")
-        self.checkpoint = checkpoint
-        self.network = checkpoint.model
-        self.settings = settings
-        device = get_device(settings.device)
-        precision = resolve_precision(checkpoint, device, settings.precision)
-        self.fast = make_fast_model(self.network, device, precision, settings.backend)
-        value_bytes = 4 if self.fast.dtype == torch.float32 else 2
-        batch_size, tile_size = fit_to_memory(
-            self.fast.device, self.network.config["base_channels"], settings.batch_size, int(settings.tile_size),
-            value_bytes,
-        )
-        self.batch_size = max(1, int(batch_size))
-        self.tile_size = tile_size
-        info = checkpoint.info
-        self.postprocess = resolve_postprocess(settings.postprocess, self.fast, self.network, info.mode,
-                                               info.normalization)
-
-    @property
-    def device(self) -> torch.device:
-        return self.fast.device
-
-    @property
-    def num_classes(self) -> int:
-        return self.network.num_classes
-
-    def plan(self, height: int, width: int) -> TilePlan:
-        return plan_tiles(self.network, height, width, self.tile_size)
-
-    def prepare(self, plane: np.ndarray) -> np.ndarray | None:
-        """``(C, H, W)`` raw plane -> normalised network input, or ``None`` for a blank plane."""
-        norm = self.checkpoint.info.normalization
-        low, high = norm.get("low", 1.0), norm.get("high", 99.8)
-        expected = self.network.in_channels
-        if expected == 1 and plane.shape[0] > 1:
-            plane = np.nanmean(plane.astype(np.float32), axis=0, keepdims=True)
-        if plane.shape[0] != expected:
-            raise ValueError(f"the model expects {expected} channel(s), the image has {plane.shape[0]}")
-        channels = [normalize_plane(channel, low, high) for channel in plane]
-        if any(c is None for c in channels):
-            return None
-        return np.stack(channels)
-
-    def probabilities(self, planes: list[np.ndarray], should_stop: Callable[[], bool] | None = None) -> list[np.ndarray]:
-        """Class probabilities ``(K, H, W)`` for each normalised ``(C, H, W)`` plane (same size).
-
-        float32, or float16 for huge planes (:func:`~.precision.buffer_dtype`).
-        """
-        return [p.numpy() for p in self.probabilities_on(torch.device("cpu"), planes, should_stop)]
-
-    def probabilities_on(
-        self, where: torch.device, planes: list[np.ndarray], should_stop: Callable[[], bool] | None = None
-    ) -> list[torch.Tensor]:
-        """:meth:`probabilities` as tensors on ``where`` (the predictor's device: post-processed there)."""
-        plan = self.plan(*planes[0].shape[-2:])
-        padded = [plan.pad(p) for p in planes]
-        dtype = buffer_dtype(math.prod(plan.padded_shape))
-        outputs = [torch.zeros((self.num_classes, *plan.padded_shape), dtype=dtype, device=where) for _ in planes]
-        jobs = [(i, tile) for i in range(len(planes)) for tile in plan.tiles]
-        for start in range(0, len(jobs), self.batch_size):
-            if should_stop is not None and should_stop():
-                raise SegmentationCancelled
-            chunk = jobs[start : start + self.batch_size]
-            batch = np.stack([padded[i][(slice(None), *tile.source)] for i, tile in chunk])
-            probs = self.fast(torch.from_numpy(batch)).to(where)
-            for (i, tile), prob in zip(chunk, probs):
-                outputs[i][(slice(None), *tile.target)] = prob[(slice(None), *tile.keep)]
-        return [plan.crop(o) for o in outputs]
-
-    def labels(self, probabilities: np.ndarray) -> np.ndarray:
-        if self.checkpoint.info.mode == "instance":
-            return probabilities_to_instances(probabilities)
-        return probabilities_to_classes(probabilities, self.checkpoint.info.decision_weights)
-
-    def blank_labels(self, shape: tuple[int, int]) -> np.ndarray:
-        """Labels for a plane with no contrast: nothing found (0) in either mode."""
-        return np.zeros(shape, labels_dtype(self.checkpoint.info.mode))
-
-
-def planes_per_batch(network: torch.nn.Module, height: int, width: int, batch_size: int, tile_size: int) -> int:
-    """Planes of ``height`` x ``width`` that go through the network together (``batch_size`` tiles' worth, >= 1)."""
-    return max(1, max(1, int(batch_size)) // len(plan_tiles(network, height, width, int(tile_size)).tiles))
 
 
 def predict_planes(
@@ -242,7 +115,8 @@ def iter_segment(
     than the model's are shrunk before the network and their labels resized back (:mod:`.size`).
 
     ``precision`` ``"auto"`` is float16 on CUDA, bfloat16 on CPUs with native bfloat16 when a
-    probe shows it keeps the model's labels (:func:`~.precision.resolve_precision`), else float32;
+    probe shows it keeps the model's labels (:func:`~.precision.resolve_precision`,
+    :func:`~.predictor.bfloat16_verdict`), else float32;
     ``backend`` ``"auto"`` runs float32 CPU work with ONNX Runtime when it is installed
     (:func:`~.precision.choose_backend`); it exports the network first (a second or two, then
     cached on disk).
@@ -292,22 +166,6 @@ def predict_with_backoff(
                 yield results, ""
         except Exception as exc:  # only out-of-memory is retried, with half the batch
             yield [], halve_batch(predictor, exc)
-
-
-def halve_batch(predictor: PlanePredictor, exc: Exception) -> str:
-    """After ``exc``: halve the predictor's batch size if it was out of memory and say so, else raise.
-
-    Raises ``exc`` again when it is another error, and :class:`~.device.OutOfMemoryError` at batch size 1.
-    """
-    if not is_out_of_memory(exc):
-        raise exc
-    free_gpu_memory()
-    if predictor.batch_size == 1:
-        raise OutOfMemoryError(
-            f"out of memory on {predictor.device} even with batch size 1; try a smaller tile size or the CPU"
-        ) from exc
-    predictor.batch_size //= 2
-    return f"Out of memory on {predictor.device}: continuing with batch size {predictor.batch_size}."
 
 
 class _PlaneWriter:
@@ -418,8 +276,6 @@ def segment(
         raise ValueError(f"z_method must be one of {', '.join(Z_METHODS)}, got {z_method!r}")
     stitch = stitch_z and "Z" in layout.plane_axes and checkpoint.info.mode == "instance"
     if stitch and z_method == "consensus":
-        from .slabs import iter_segment_stacks  # local: slabs builds on this module
-
         predictor = PlanePredictor(checkpoint, settings)
         steps = iter_segment_stacks(image, layout, predictor, out, voxel_size=voxel_size, diameter=diameter)
     else:

@@ -16,27 +16,21 @@ Which precision and which runner is decided in :mod:`.precision`; this module ho
 from __future__ import annotations
 
 import copy
-import hashlib
 import importlib.metadata
 import importlib.util
 import io
-import json
-import os
 import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from .atomic import atomic_write
+from .cache import cache_dir, cache_key, read_cache, write_cache
 from .model import UNet
-from .precision import choose_backend, choose_precision
+from .precision import choose_precision
 
 ONNX_OPSET = 17
-#: Overrides the cache folder (default: the user cache folder, e.g. ~/.cache/napari-unetseg).
-CACHE_ENV = "NAPARI_UNETSEG_CACHE_DIR"
 
 
 def fold_batchnorm(model: UNet) -> UNet:
@@ -85,66 +79,12 @@ class FastModel:
             return torch.softmax(logits.float(), dim=1)
 
 
-def onnxruntime_available() -> bool:
-    """True when ONNX Runtime and the ONNX exporter's dependency are installed."""
-    return all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnx"))
-
-
-def cache_dir() -> Path:
-    """Folder for files worth keeping between runs: ``$NAPARI_UNETSEG_CACHE_DIR``, else the user cache folder."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("napari-unetseg", appauthor=False))
-
-
-def network_sha256(model: UNet) -> str:
-    """sha256 of what the network computes: its class, architecture and weights (not a file's metadata).
-
-    Hashing the weights rather than a checkpoint file also covers models that were never saved
-    (a fine-tuned network in the viewer).
-    """
-    digest = hashlib.sha256()
-    setup = {"network": f"{type(model).__module__}.{type(model).__qualname__}", "config": model.config}
-    digest.update(json.dumps(setup, sort_keys=True, default=str).encode())
-    for name, tensor in model.state_dict().items():
-        values = tensor.detach().cpu().contiguous()
-        digest.update(f"{name} {values.dtype} {tuple(values.shape)}".encode())
-        digest.update(values.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def cache_key(model: UNet, **setup: object) -> str:
-    """sha256 of the network (:func:`network_sha256`) and of ``setup``, what else shapes a cached result."""
-    text = json.dumps({"network": network_sha256(model), "torch": torch.__version__, **setup}, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 def onnx_cache_key(model: UNet) -> str:
     """The name of ``model``'s exported graph in the cache: the network and everything the exporter adds."""
     return cache_key(
         model, onnx=importlib.metadata.version("onnx"), opset=ONNX_OPSET,
         inputs="x: (batch, channels, height, width), dynamic batch/height/width; BatchNorm folded",
     )
-
-
-def read_cache(path: Path) -> bytes | None:
-    """A cached file's bytes, or None when it is not there (or cannot be read)."""
-    try:
-        return path.read_bytes()
-    except OSError:
-        return None
-
-
-def write_cache(path: Path, data: bytes) -> None:
-    """Store ``data`` atomically (parallel runs never read half a file); a cache that cannot be written is skipped."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(path, overwrite=True) as handle:
-            handle.write(data)
-    except OSError:
-        pass
 
 
 def export_onnx(model: nn.Module, output_name: str = "logits") -> bytes:
@@ -208,18 +148,3 @@ class OnnxModel:
         inputs = np.ascontiguousarray(batch.numpy(), np.float32)
         logits = np.concatenate([self.session.run(None, {"x": item[None]})[0] for item in inputs])
         return torch.softmax(torch.from_numpy(logits), dim=1)
-
-
-def make_fast_model(
-    model: UNet, device: torch.device, precision: str = "auto", backend: str = "auto"
-) -> FastModel | OnnxModel:
-    """The runner :func:`~.precision.choose_backend` picks for ``device``, ``precision`` and ``backend``."""
-    if getattr(model, "runs_itself", False):  # a bioimage.io package's ONNX network (see .bioimageio_load)
-        return FastModel(model, device, "float32")
-    if precision == "int8":
-        from .quantize import int8_model  # local: quantize builds on this module
-
-        return int8_model(model, device, backend)
-    if choose_backend(device, precision, backend) == "onnxruntime":
-        return OnnxModel(model)
-    return FastModel(model, device, precision)

@@ -1,8 +1,8 @@
 """The one place that decides in which number format, and with which runner, the network computes.
 
 Inference: :func:`resolve_precision` turns ``"auto"`` into bfloat16 on CPUs with native bfloat16
-when a probe shows it keeps the model's float32 labels (:func:`bfloat16_agrees`, kept per
-machine in the cache folder), :func:`choose_precision` gives the dtype (float16 on CUDA, else
+when a probe shows it keeps the model's float32 labels (the probe runs the engine, so it lives with
+it: :func:`~.predictor.bfloat16_verdict`, kept per machine in the cache folder), :func:`choose_precision` gives the dtype (float16 on CUDA, else
 float32), and :func:`choose_backend` picks ONNX Runtime or PyTorch. Training asks
 :func:`training_autocast`; previews and validation use the named choices below. The runners
 themselves are in :mod:`.optimize`.
@@ -13,19 +13,13 @@ chosen by ``auto``: a fixed probe did not predict its agreement on real stacks.
 
 from __future__ import annotations
 
-import json
-import weakref
-from typing import TYPE_CHECKING
+import importlib.util
+from collections.abc import Callable
 
-import numpy as np
 import torch
 
 from .options import BACKENDS, PRECISIONS
 from .postprocess import STRIPWISE_PIXELS
-
-if TYPE_CHECKING:
-    from .checkpoint import Checkpoint
-    from .model import UNet
 
 #: The fine-tuning preview: one plane of fresh weights each time, so the bfloat16 probe (two passes
 #: over two probe planes) would cost more than it saves, and an ONNX export would be stale at once.
@@ -60,6 +54,11 @@ def choose_precision(device: torch.device, precision: str = "auto") -> torch.dty
     return torch.float16 if device.type == "cuda" else torch.float32
 
 
+def onnxruntime_available() -> bool:
+    """True when ONNX Runtime and the ONNX exporter's dependency are installed."""
+    return all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnx"))
+
+
 def choose_backend(device: torch.device, precision: str = "auto", backend: str = "auto") -> str:
     """``"onnxruntime"`` or ``"torch"``: ``auto`` is ONNX Runtime for float32 on the CPU when installed.
 
@@ -67,10 +66,6 @@ def choose_backend(device: torch.device, precision: str = "auto", backend: str =
     measured, with the same labels; it has no reduced-precision path here. ValueError when
     ``onnxruntime`` is asked for where it cannot run.
     """
-    from .optimize import (
-        onnxruntime_available,  # local: optimize asks this module for its choices
-    )
-
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     float32_cpu = device.type == "cpu" and choose_precision(device, precision) == torch.float32
@@ -98,63 +93,12 @@ def training_autocast(device: torch.device, amp: bool, cpu_bf16: bool) -> torch.
     return torch.bfloat16 if device.type == "cpu" and cpu_bf16 else None
 
 
-# ---------------------------------------------------------------------------- the bfloat16 probe
-
-_BFLOAT16_VERDICTS: weakref.WeakKeyDictionary[UNet, bool] = weakref.WeakKeyDictionary()
-
-
-def resolve_precision(checkpoint: Checkpoint, device: torch.device, precision: str = "auto") -> str:
-    """The precision ``"auto"`` stands for: bfloat16 on a CPU with native bfloat16 when it gives this
-    model's float32 labels (see :func:`bfloat16_agrees`), else what :func:`choose_precision` picks
-    (float16 on CUDA, float32 elsewhere). Other values are returned as they are.
+def resolve_precision(device: torch.device, precision: str, bfloat16_agrees: Callable[[], bool]) -> str:
+    """The precision ``"auto"`` stands for: bfloat16 on a CPU with native bfloat16 when ``bfloat16_agrees()``
+    says the model keeps its float32 labels there (asked only then: it may run a probe,
+    :func:`~.predictor.bfloat16_verdict`), else what :func:`choose_precision` picks (float16 on CUDA,
+    float32 elsewhere). Other values are returned as they are.
     """
     if precision != "auto" or device.type != "cpu" or not cpu_supports_bf16():
         return precision
-    if checkpoint.model not in _BFLOAT16_VERDICTS:  # once per network and process...
-        _BFLOAT16_VERDICTS[checkpoint.model] = _cached_bfloat16_verdict(checkpoint)
-    return "bfloat16" if _BFLOAT16_VERDICTS[checkpoint.model] else "float32"
-
-
-def _cached_bfloat16_verdict(checkpoint: Checkpoint) -> bool:
-    """:func:`bfloat16_agrees`, kept in the cache folder by network, PyTorch and CPU kind (...and once per machine)."""
-    from .optimize import cache_dir, cache_key, read_cache, write_cache
-
-    key = cache_key(checkpoint.model, probe="bfloat16_agrees", cpu=torch.backends.cpu.get_cpu_capability())
-    path = cache_dir() / "precision" / f"{key}.json"
-    try:
-        return bool(json.loads(read_cache(path) or b"")["bfloat16_agrees"])
-    except (ValueError, KeyError, TypeError):  # not there yet, or damaged: probe
-        pass
-    try:
-        verdict = bfloat16_agrees(checkpoint)
-    except (RuntimeError, MemoryError):  # a probe that cannot run proves nothing: stay with float32 (not kept)
-        return False
-    write_cache(path, json.dumps({"bfloat16_agrees": verdict}).encode())
-    return verdict
-
-
-def bfloat16_agrees(checkpoint: Checkpoint, planes: int = 2, size: int = 512) -> bool:
-    """True when bfloat16 gives the float32 labels on a fixed probe (synthetic nuclei planes).
-
-    "The same" is :func:`~.metrics.agreement`'s bar: 99.5 % of pixels and, for instances, object
-    F1 >= 0.99. The probe is fixed, not the user's image, so every process (and every worker of
-    a cluster) makes the same choice for a model. Costs one float32 and one bfloat16 pass over
-    ``planes`` planes of ``size`` px.
-    """
-    # local: the probe runs the engine, which asks this module for its precision
-    from .engine_settings import EngineSettings
-    from .inference import PlanePredictor
-    from .metrics import agreement
-    from .synthetic import synthetic_nuclei_2d
-
-    channels = checkpoint.model.in_channels
-    probe = [np.repeat(synthetic_nuclei_2d((size, size), seed=seed)[0][np.newaxis], channels, 0)
-             for seed in range(planes)]
-    labels = []
-    for precision in ("float32", "bfloat16"):
-        settings = EngineSettings(device="cpu", batch_size=planes, tile_size=size, precision=precision, backend="torch")
-        predictor = PlanePredictor(checkpoint, settings)
-        prepared = [predictor.prepare(plane) for plane in probe]
-        labels.append(np.stack([predictor.labels(p) for p in predictor.probabilities(prepared)]))
-    return agreement(labels[1], labels[0], checkpoint.info.mode)["same"]
-
+    return "bfloat16" if bfloat16_agrees() else "float32"

@@ -34,16 +34,9 @@ import torch
 
 from .model import UNet
 from .normalize import normalize_plane
-from .optimize import (
-    ONNX_OPSET,
-    OnnxModel,
-    cache_dir,
-    cache_key,
-    exported_onnx,
-    onnxruntime_available,
-    read_cache,
-    write_cache,
-)
+from .cache import cache_dir, cache_key, read_cache, write_cache
+from .optimize import ONNX_OPSET, OnnxModel, exported_onnx
+from .precision import onnxruntime_available
 from .synthetic import synthetic_nuclei_2d
 
 #: What :func:`quantize_graph` makes, in words; part of the cache key, so a change here quantizes again.

@@ -38,7 +38,7 @@ PlaneProbabilities = Callable[[list[np.ndarray]], list[np.ndarray]]
 
 
 class Predictor(Protocol):
-    """What :func:`plan_size` needs of a :class:`~.inference.PlanePredictor`."""
+    """What :func:`plan_size` needs of a :class:`~.predictor.PlanePredictor`."""
 
     checkpoint: Any
 
@@ -95,7 +95,7 @@ def measure_diameter(
     """The median diameter (input pixels) of the objects the network finds in the brightest of
     ``planes`` (plane indices; default every plane of the image), seen at :data:`MEASURE_ZOOM`, or None.
 
-    ``prepare``, ``probabilities`` and ``labels`` are a :class:`~.inference.PlanePredictor`'s (raw
+    ``prepare``, ``probabilities`` and ``labels`` are a :class:`~.predictor.PlanePredictor`'s (raw
     ``(C, H, W)`` plane -> input; inputs -> class probabilities; probabilities -> 2D objects).
     """
     plane_shape = tuple(image.shape[layout.axes.index(a)] for a in layout.plane_axes)

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from .axes import AxesLayout, read_plane
-from .inference import BatchProgress, PlanePredictor, PlaneResult, halve_batch
+from .predictor import BatchProgress, PlanePredictor, PlaneResult, halve_batch
 from .size import DEFAULT_MODEL_DIAMETER
 from .volume import (
     PlaneProbabilities,

@@ -21,7 +21,7 @@ from .augment import augment_intensity, patch_coordinates, sample_image, sample_
 from .checkpoint import MODES, Checkpoint, ModelInfo
 from .device import get_device
 from .engine_settings import EngineSettings
-from .inference import PlanePredictor
+from .predictor import PlanePredictor
 from .metrics import painted_object_score
 from .model import UNet, nearest_valid_size
 from .precision import CHANGING_WEIGHTS_BACKEND, VALIDATION_PRECISION, training_autocast

@@ -16,7 +16,7 @@ import numpy as np
 from .axes import parse_axes, read_plane
 from .checkpoint import Checkpoint
 from .engine_settings import EngineSettings
-from .inference import PlanePredictor, halve_batch, planes_per_batch, resolve_checkpoint
+from .predictor import PlanePredictor, halve_batch, planes_per_batch, resolve_checkpoint
 from .normalize import check_image
 
 
@@ -45,10 +45,10 @@ def iter_uncertainty(
     plane_order: Iterable[tuple[int, ...]] | None = None,
 ) -> Iterator[UncertaintyProgress]:
     """The :func:`entropy` of each plane (in ``plane_order``, default all), one network batch at a time,
-    the network run as ``settings`` say (:class:`~.inference.PlanePredictor`).
+    the network run as ``settings`` say (:class:`~.predictor.PlanePredictor`).
 
     Blank planes (no contrast) get zeros: nothing there to hesitate about. Out of memory, the batch
-    size is halved (:func:`~.inference.halve_batch`; a step with no planes says so) and the batch run again.
+    size is halved (:func:`~.predictor.halve_batch`; a step with no planes says so) and the batch run again.
     """
     check_image(image)
     layout = parse_axes(image.shape, axes)

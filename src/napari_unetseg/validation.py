@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .augment import patch_coordinates, sample_image, sample_labels
-from .inference import PlanePredictor
+from .predictor import PlanePredictor
 from .metrics import mean_iou, painted_object_score
 from .model import UNet, nearest_valid_size
 from .targets import IGNORE

@@ -18,7 +18,7 @@ from qtpy.QtCore import QTimer
 
 from .. import versions
 from ..checkpoint import CheckpointError, save_checkpoint
-from ..inference import PlaneResult
+from ..predictor import PlaneResult
 from ..options import labels_dtype
 from ..targets import painting_advice
 from ..training_types import TrainResult

@@ -21,7 +21,8 @@ from ..axes import AxesLayout, read_plane
 from ..checkpoint import Checkpoint
 from ..device import free_gpu_memory, is_out_of_memory
 from ..engine_settings import EngineSettings
-from ..inference import BatchProgress, PlanePredictor, PlaneResult, iter_segment
+from ..inference import iter_segment
+from ..predictor import BatchProgress, PlanePredictor, PlaneResult
 from ..metrics import object_changes
 from ..precision import CHANGING_WEIGHTS_BACKEND, PREVIEW_PRECISION
 from ..slabs import iter_segment_stacks

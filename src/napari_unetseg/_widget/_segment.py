@@ -16,7 +16,8 @@ from magicgui.widgets import (
 )
 
 from ..engine_settings import EngineSettings
-from ..inference import Z_METHODS, BatchProgress
+from ..inference import Z_METHODS
+from ..predictor import BatchProgress
 from ..provenance import make_record
 from ._jobs import JobFailed, SegmentOutcome, objects_3d_job, segment_job
 from ._keys import SEGMENT_KEY_LABEL
