@@ -130,7 +130,7 @@ def main() -> None:
             slices = object_matching(labels, truth, per_slice=True)
             summary.setdefault(f"{name.split(',')[0]} {method}", []).append(volume["f1"])
             print(f"| {name} | {method} | {volume['f1']:.3f} | {slices['f1']:.3f} | "
-                  f"{volume['n_prediction']} ({volume['n_truth']}) | {seconds:.1f} | {seconds / plain_seconds:.1f} | "
+                  f"{volume['n_prediction']} ({volume['n_truth']}) | {seconds:.1f} | {seconds / plain_seconds:.2f} | "
                   f"{peak:.0f} |", flush=True)
     print()
     for key, values in summary.items():

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_unetseg.postprocess import BACKGROUND, BOUNDARY, INTERIOR
-from napari_unetseg.volume import labels_at_input, plan_volume, segment_volume
+from napari_unetseg.postprocess import BACKGROUND, BOUNDARY, INTERIOR, probabilities_to_instances
+from napari_unetseg.size import CANDIDATE_PLANES
+from napari_unetseg.volume import estimate_diameter, labels_at_input, plan_volume, segment_volume
 
 
 def intensity_network(planes: list[np.ndarray]) -> list[np.ndarray]:
@@ -107,3 +108,23 @@ def test_labels_come_back_to_the_input_planes_symmetrically() -> None:
     back = labels_at_input(labels, background, (8, 4, 4))
     assert [int(plane.max()) for plane in back] == [0, 0, 7, 7, 7, 7, 0, 0]
     assert labels_at_input(labels, background, (16, 2, 2)).shape == (16, 2, 2)  # same depth: XY resized only
+
+
+def test_the_object_size_is_measured_on_a_few_planes_read_one_at_a_time() -> None:
+    # a stack larger than memory is read a plane at a time: the size estimate must not read it all
+    image = spheres((60, 96, 96), [(30, 48, 48)], radius=20.0)
+    reads: list[int] = []
+
+    class Planes:
+        def __len__(self) -> int:
+            return len(image)
+
+        def __getitem__(self, z: int) -> np.ndarray:
+            reads.append(z)
+            return image[z]
+
+    diameter = estimate_diameter(Planes(), intensity_network, probabilities_to_instances)
+    # an object reaches where the stand-in network's background falls under 0.5 (1.2 - d / r > 0.225):
+    # d < 0.975 r, so about 39 px across in the middle planes
+    assert diameter is not None and 31.0 < diameter < 47.0
+    assert len(reads) <= CANDIDATE_PLANES + 1  # the candidates, and one plane for the shape

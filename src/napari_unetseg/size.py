@@ -93,17 +93,34 @@ def measure_diameter(
     planes: Sequence[tuple[int, ...]] | None = None,
 ) -> float | None:
     """The median diameter (input pixels) of the objects the network finds in the brightest of
-    ``planes`` (plane indices; default every plane of the image), seen at :data:`MEASURE_ZOOM`, or None.
+    ``planes`` (plane indices; default every plane of the image), or None (:func:`measure_planes`).
 
     ``prepare``, ``probabilities`` and ``labels`` are a :class:`~.predictor.PlanePredictor`'s (raw
     ``(C, H, W)`` plane -> input; inputs -> class probabilities; probabilities -> 2D objects).
     """
     plane_shape = tuple(image.shape[layout.axes.index(a)] for a in layout.plane_axes)
     indices = list(np.ndindex(*plane_shape)) if planes is None else sorted(set(planes))  # as any order of them
-    if len(indices) > CANDIDATE_PLANES:
-        indices = [indices[i] for i in np.linspace(0, len(indices) - 1, CANDIDATE_PLANES).round().astype(int)]
-    window = tuple(_centre(image.shape[layout.axes.index(a)]) for a in "YX")
-    planes = [read_plane(image, layout, index, window) for index in indices]
+    shape = (image.shape[layout.axes.index("Y")], image.shape[layout.axes.index("X")])
+    return measure_planes(len(indices), shape, lambda i, window: read_plane(image, layout, indices[i], window),
+                          prepare, probabilities, labels)
+
+
+def measure_planes(
+    count: int, shape: tuple[int, int], read: Callable[[int, tuple[slice, slice]], np.ndarray],
+    prepare: Callable[[np.ndarray], np.ndarray | None], probabilities: PlaneProbabilities,
+    labels: Callable[[np.ndarray], np.ndarray],
+) -> float | None:
+    """The median diameter (pixels) of the objects the network finds in planes ``0 .. count - 1`` of
+    ``shape`` (Y, X), or None: of up to :data:`CANDIDATE_PLANES` spread over them, ``read(i, window)``
+    (plane ``i``'s ``(C, H, W)`` window) reads the centre :data:`MEASURE_WINDOW`; the
+    :data:`DIAMETER_PLANES` brightest are seen at :data:`MEASURE_ZOOM`. A few small reads, whatever
+    the image's size; the 2D engine and the 3D one measure the same way.
+    """
+    candidates = range(count)
+    if count > CANDIDATE_PLANES:
+        candidates = np.linspace(0, count - 1, CANDIDATE_PLANES).round().astype(int).tolist()
+    window = (_centre(shape[0]), _centre(shape[1]))
+    planes = [read(i, window) for i in candidates]
     chosen = [planes[i] for i in brightest([p.astype(np.float32).mean(axis=0) for p in planes])]
     shrunk = [ndi.zoom(p.astype(np.float32), (1.0, MEASURE_ZOOM, MEASURE_ZOOM), order=1, grid_mode=True,
                        mode="nearest") for p in chosen]

@@ -38,8 +38,7 @@ from .postprocess import BACKGROUND, BOUNDARY, INTERIOR, drop_small_objects
 from .size import (
     DEFAULT_MODEL_DIAMETER,
     PlaneProbabilities,
-    brightest,
-    equivalent_diameter,
+    measure_planes,
     resize_labels,
     shrink_factor,
 )
@@ -221,21 +220,21 @@ def labels_at_input(labels: np.ndarray, background: np.ndarray, shape: tuple[int
 
 
 def estimate_diameter(
-    stack: np.ndarray, plane_probabilities: PlaneProbabilities, plane_labels: Callable[[np.ndarray], np.ndarray],
+    stack: Any, plane_probabilities: PlaneProbabilities, plane_labels: Callable[[np.ndarray], np.ndarray],
     low: float = 1.0, high: float = 99.8,
 ) -> float | None:
-    """Median equivalent diameter (pixels) of the objects the network finds in a few XY planes, or None.
+    """Median equivalent diameter (pixels) of the objects the network finds in a few XY planes of ``stack``
+    (``len`` and ``stack[z]``), or None: :func:`~.size.measure_planes`, each plane normalised on its own
+    as in 2D segmentation (the brightest planes are in focus, where nuclei are at their full size)."""
 
-    The planes are the :data:`~.size.DIAMETER_PLANES` brightest of the stack (in focus, where nuclei
-    are at their full size), each normalised on its own as in 2D segmentation and seen at full
-    resolution (a stack's pass is several times a 2D one, so the full-resolution measurement is cheap
-    next to it, and the 3D figures in docs/models.md were measured with it).
-    """
-    prepared = [normalize_plane(stack[z], low, high) for z in brightest([stack[z] for z in range(len(stack))])]
-    ready = [p[np.newaxis] for p in prepared if p is not None]
-    if not ready:
-        return None
-    return equivalent_diameter([plane_labels(p) for p in plane_probabilities(ready)])
+    def prepare(plane: np.ndarray) -> np.ndarray | None:
+        normalised = normalize_plane(plane[0], low, high)
+        return None if normalised is None else normalised[np.newaxis]
+
+    def read(z: int, window: tuple[slice, slice]) -> np.ndarray:
+        return np.asarray(stack[z])[window][np.newaxis]
+
+    return measure_planes(len(stack), np.shape(stack[0]), read, prepare, plane_probabilities, plane_labels)
 
 
 def stack_levels(stack: Any, low: float = 1.0, high: float = 99.8) -> tuple[float, float] | None:
