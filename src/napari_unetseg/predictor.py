@@ -3,7 +3,8 @@
 :class:`PlanePredictor` is the engine's lowest step, below the 2D engine (:mod:`.inference`), the 3D
 engine (:mod:`.slabs`), uncertainty and validation. It picks its runner (:func:`make_fast_model`:
 PyTorch, ONNX Runtime or int8), and its batch and tile sizes to fit the device's memory;
-:func:`halve_batch` is the out-of-memory step every engine takes.
+:func:`halve_batch` is the out-of-memory step every engine takes. The bfloat16 probe
+(:func:`bfloat16_verdict`) is here too: :func:`~.precision.resolve_precision` asks it, and it runs predictors.
 """
 
 from __future__ import annotations
