@@ -123,3 +123,23 @@ def test_segment_then_from_result_reads_the_segmented_planes_through_the_session
     wait_idle(qtbot, widget)
     assert widget.session.status is JobStatus.DONE
     assert len(widget.finetune.plot.losses) == 2  # it trained on the one segmented plane
+
+
+def test_jobs_wait_for_the_imports_the_panel_preloads(monkeypatch):
+    # two threads importing parts of PyTorch at once could meet in its circular imports
+    import threading
+
+    from napari_unetseg import training
+    from napari_unetseg._widget import _runner
+
+    release = threading.Event()
+    monkeypatch.setattr(training, "preload", lambda: release.wait(60))
+    monkeypatch.setattr(_runner, "_PRELOADS", [])
+    _runner.preload_first_jobs()
+    waiting = threading.Thread(target=_runner.wait_for_preloads, daemon=True)
+    waiting.start()
+    waiting.join(0.5)
+    assert waiting.is_alive()  # the job would still wait
+    release.set()
+    waiting.join(60)
+    assert not waiting.is_alive()

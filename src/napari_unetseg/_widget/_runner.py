@@ -14,12 +14,16 @@ from ._jobs import JobFailed
 from ._settings import job_threads
 
 
+_PRELOADS: list[threading.Thread] = []
+
+
 def preload_first_jobs() -> None:
     """Do the first jobs' one-time imports as the widget opens, not in a click or a job, where they hold
     Python's lock and stall napari: pandas, which napari's first Labels layer imports (0.4 s), here while
     the plugin loads; ``torch._dynamo``, which PyTorch's first optimizer imports (0.9 s), in a daemon
-    thread started first, so that most of it overlaps the widget's own building. A failure is left for
-    the job that needs the module to report."""
+    thread started first, so that most of it overlaps the widget's own building. Jobs wait for that
+    thread (:func:`wait_for_preloads`): two threads importing parts of PyTorch at once could meet in its
+    circular imports. A failure is left for the job that needs the module to report."""
 
     def preload_training() -> None:
         try:
@@ -29,8 +33,16 @@ def preload_first_jobs() -> None:
         except Exception:  # the job that needs it fails with a message of its own
             pass
 
-    threading.Thread(target=preload_training, name="unetseg-preload", daemon=True).start()
+    thread = threading.Thread(target=preload_training, name="unetseg-preload", daemon=True)
+    _PRELOADS[:] = [*(t for t in _PRELOADS if t.is_alive()), thread]
+    thread.start()
     import pandas  # noqa: F401
+
+
+def wait_for_preloads() -> None:
+    """Wait until the imports started by :func:`preload_first_jobs` are done (at once after the first second)."""
+    for thread in list(_PRELOADS):
+        thread.join()
 
 
 class JobStatus(Enum):
@@ -106,6 +118,7 @@ class JobRunner:
         def drive() -> Generator[Any, None, Any]:
             import torch
 
+            wait_for_preloads()
             # set as each job starts, so a changed setting applies to the next job
             torch.set_num_threads(job_threads())
             return (yield from job)
