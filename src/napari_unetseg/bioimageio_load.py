@@ -31,7 +31,8 @@ from torch import nn
 from .checkpoint import FORMAT_NAME, FORMAT_VERSION, Checkpoint, CheckpointError, ModelInfo, checkpoint_from_payload
 from .normalize import CLIP_HIGH, CLIP_LOW
 
-#: The key under ``config`` that holds what napari-unetseg needs to re-create its labels (written by :mod:`.bioimageio`).
+#: The key under ``config`` that holds what napari-unetseg needs to re-create its labels
+#: (written by :mod:`.bioimageio`).
 CONFIG_KEY = "napari-unetseg"
 CONFIG_VERSION = 1
 #: Preprocessing steps that change nothing for a float32 network input.

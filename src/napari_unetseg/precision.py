@@ -2,8 +2,9 @@
 
 Inference: :func:`resolve_precision` turns ``"auto"`` into bfloat16 on CPUs with native bfloat16
 when a probe shows it keeps the model's float32 labels (the probe runs the engine, so it lives with
-it: :func:`~.predictor.bfloat16_verdict`, kept per machine in the cache folder), :func:`choose_precision` gives the dtype (float16 on CUDA, else
-float32), and :func:`choose_backend` picks ONNX Runtime or PyTorch. Training asks
+it: :func:`~.predictor.bfloat16_verdict`, kept per machine in the cache folder);
+:func:`choose_precision` gives the dtype (float16 on CUDA, else float32), and
+:func:`choose_backend` picks ONNX Runtime or PyTorch. Training asks
 :func:`training_autocast`; previews and validation use the named choices below. The runners
 themselves are in :mod:`.optimize`.
 

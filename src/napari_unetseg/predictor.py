@@ -38,7 +38,8 @@ from .tiling import TilePlan, plan_tiles
 
 
 class SegmentationCancelled(Exception):
-    """Raised when ``should_stop`` asked a run to stop (:func:`~.inference.segment`, :meth:`PlanePredictor.probabilities_on`)."""
+    """Raised when ``should_stop`` asked a run to stop
+    (:func:`~.inference.segment`, :meth:`PlanePredictor.probabilities_on`)."""
 
 
 @dataclass
@@ -193,7 +194,8 @@ def halve_batch(predictor: PlanePredictor, exc: Exception) -> str:
     return f"Out of memory on {predictor.device}: continuing with batch size {predictor.batch_size}."
 
 
-# ---------------------------------------------------------------------------- the bfloat16 probe (asked by precision.resolve_precision)
+# ---------------------------------------------------------------------------- the bfloat16 probe
+# (asked by precision.resolve_precision)
 
 _BFLOAT16_VERDICTS: weakref.WeakKeyDictionary[UNet, bool] = weakref.WeakKeyDictionary()
 
